@@ -1,0 +1,26 @@
+"""autoreg-embed: text embeddings from decoder-only LLMs via compression and conditional distribution alignment."""
+
+from autoreg_embed.default_model import DEFAULT_MODEL, default_model_path, resolve_model_name_or_path
+from autoreg_embed.modeling import (
+    EncoderInputBuilder,
+    EncoderSettings,
+    FrozenDecoder,
+    add_compress_tokens,
+    conditional_log_probs,
+    encode,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EncoderInputBuilder",
+    "EncoderSettings",
+    "FrozenDecoder",
+    "__version__",
+    "add_compress_tokens",
+    "conditional_log_probs",
+    "default_model_path",
+    "encode",
+    "resolve_model_name_or_path",
+]

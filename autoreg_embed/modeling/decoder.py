@@ -1,0 +1,122 @@
+"""Log-likelihood of target text under a frozen decoder conditioned on compress-token vectors.
+
+The decoder reads ``inputs_embeds = [e_1 .. e_k ; embed(target + EOS)]``; the logits at positions
+``k-1 .. k+T-2`` predict the T target tokens. Gradients flow into the prefix vectors (the encoder), never into
+the decoder's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from trl.trainer.utils import selective_log_softmax
+
+from autoreg_embed.modeling.encoder import last_hidden_states
+
+
+@dataclass
+class ConditionalLogProbs:
+    """Per-token and per-sequence log-probabilities of the targets."""
+
+    token_log_probs: torch.Tensor
+    """(B, T) log p(target_t | prefix, target_<t), zero at padding."""
+    target_mask: torch.Tensor
+    """(B, T) 1 for real target tokens (EOS included)."""
+    log_probs: torch.Tensor | None = None
+    """(B, T, V) full next-token log-distributions, only when asked for (KL / JS similarities)."""
+
+    @property
+    def sum(self) -> torch.Tensor:
+        """(B,) summed log-probability of each target sequence."""
+        return self.token_log_probs.sum(dim=1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(B,) per-token mean log-probability of each target sequence."""
+        return self.sum / self.target_mask.sum(dim=1).clamp(min=1)
+
+
+def conditional_log_probs(
+    decoder: nn.Module,
+    prefix: torch.Tensor,
+    target_ids: torch.Tensor,
+    target_mask: torch.Tensor,
+    return_distributions: bool = False,
+) -> ConditionalLogProbs:
+    """Log-probabilities of right-padded ``target_ids`` (B, T) given ``prefix`` vectors (B, k, H).
+
+    Args:
+        decoder: a causal LM (run as is: freeze it, or pass a PEFT model inside ``disable_adapter()``).
+        prefix: the compress-token states from the encoder; cast to the decoder's dtype.
+        target_ids: target token ids, EOS included, right-padded.
+        target_mask: 1 for real target tokens.
+        return_distributions: also return the full (B, T, V) log-softmax (memory: B*T*V floats).
+    """
+    if prefix.shape[0] != target_ids.shape[0]:
+        raise ValueError(f"prefix has {prefix.shape[0]} rows but target_ids has {target_ids.shape[0]}.")
+    num_prefix = prefix.shape[1]
+    target_embeds = decoder.get_input_embeddings()(target_ids)
+    inputs_embeds = torch.cat([prefix.to(target_embeds.dtype), target_embeds], dim=1)
+    prefix_mask = torch.ones(prefix.shape[:2], dtype=target_mask.dtype, device=target_mask.device)
+    attention_mask = torch.cat([prefix_mask, target_mask], dim=1)
+    hidden = last_hidden_states(decoder, attention_mask, inputs_embeds=inputs_embeds)
+    predicting = hidden[:, num_prefix - 1 : num_prefix - 1 + target_ids.shape[1]]
+    logits = decoder.get_output_embeddings()(predicting).float()
+    mask = target_mask.to(logits.dtype)
+    if return_distributions:
+        log_probs = logits.log_softmax(dim=-1)
+        token_log_probs = log_probs.gather(-1, target_ids[..., None]).squeeze(-1) * mask
+        return ConditionalLogProbs(token_log_probs, target_mask, log_probs)
+    token_log_probs = selective_log_softmax(logits, target_ids) * mask
+    return ConditionalLogProbs(token_log_probs, target_mask)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with every parameter frozen (the decoder for full fine-tuning)."""
+    clone = copy.deepcopy(model)
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a PEFT model whose adapters can be disabled."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+class FrozenDecoder:
+    """Provides the frozen original LLM, choosing the cheapest correct source.
+
+    - an explicit ``decoder`` model: used as is (frozen here);
+    - else, when ``encoder`` is a PEFT model: the encoder's own weights with all adapters disabled, so no
+      second copy sits in memory;
+    - else: a frozen deep copy of ``encoder`` taken now, i.e. before any training step.
+
+    Use as ``with frozen_decoder() as decoder: ...``.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module | None = None) -> None:
+        self.encoder = encoder
+        if decoder is None and not is_peft_model(encoder):
+            decoder = frozen_copy(encoder)
+        elif decoder is not None:
+            decoder.requires_grad_(False)
+            decoder.eval()
+        self.decoder = decoder
+
+    @property
+    def shares_encoder_weights(self) -> bool:
+        """True when the decoder is the encoder with its adapters disabled (no separate copy)."""
+        return self.decoder is None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[nn.Module]:
+        if self.decoder is not None:
+            yield self.decoder
+            return
+        with self.encoder.disable_adapter():
+            yield self.encoder

@@ -1,0 +1,153 @@
+"""The compressing encoder: an LLM body whose last-layer states at k compress tokens form the embedding.
+
+These are functions over any Hugging Face causal LM (or a PEFT model wrapping one), not a wrapper class, so
+that trainers keep the plain model (its saving, gradient checkpointing, PEFT and DeepSpeed handling intact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from autoreg_embed.modeling.settings import EncoderSettings
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The transformer body (no LM head) of a causal LM, looking through a PEFT wrapper.
+
+    Adapters injected by PEFT live inside the body, so calling it runs them (and ``disable_adapter()`` on the
+    PEFT model still switches them off).
+    """
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    body = getattr(model, "base_model", model)
+    if body is model and hasattr(model, "get_decoder"):
+        body = model.get_decoder()
+    return body
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0, 1, ... counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def last_hidden_states(
+    model: nn.Module,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Last-layer hidden states (B, L, H) of the model body, with padding-independent position ids."""
+    outputs = backbone_of(model)(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return outputs.last_hidden_state
+
+
+def last_token_indices(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, for left or right padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def compress_positions(attention_mask: torch.Tensor, num_compress_tokens: int) -> torch.Tensor:
+    """Positions (B, k) of the compress tokens, which end every row: right after the last real token."""
+    offsets = torch.arange(num_compress_tokens, device=attention_mask.device) - (num_compress_tokens - 1)
+    return last_token_indices(attention_mask)[:, None] + offsets
+
+
+@dataclass
+class EncoderOutput:
+    """What :func:`encode` returns."""
+
+    embedding: torch.Tensor
+    """(B, H) pooled embedding (L2-normalised when the settings say so)."""
+    compress_states: torch.Tensor | None
+    """(B, k, H) last-layer states at the compress tokens; ``None`` when k = 0."""
+
+
+def pool_hidden_states(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, settings: EncoderSettings
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reduce (B, L, H) states to (B, H) by ``settings.pooling``; also return the (B, k, H) compress states."""
+    compress_states = None
+    if settings.num_compress_tokens:
+        index = compress_positions(attention_mask, settings.num_compress_tokens)
+        compress_states = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+    if settings.pooling == "compress_mean":
+        pooled = compress_states.mean(dim=1)
+    elif settings.pooling == "mean":
+        weights = attention_mask.to(hidden.dtype)[..., None]
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    else:  # compress_last, last, eos: the last real token (the builder appended EOS for "eos")
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_indices(attention_mask)]
+    return pooled, compress_states
+
+
+def encode(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: EncoderSettings
+) -> EncoderOutput:
+    """Run the encoder on inputs built by :class:`~autoreg_embed.modeling.inputs.EncoderInputBuilder`."""
+    lengths = attention_mask.sum(dim=1)
+    if settings.num_compress_tokens and bool((lengths < settings.num_compress_tokens).any()):
+        raise ValueError("An encoder row is shorter than the compress tokens; build inputs with EncoderInputBuilder.")
+    hidden = last_hidden_states(model, attention_mask, input_ids=input_ids)
+    pooled, compress_states = pool_hidden_states(hidden, attention_mask, settings)
+    if settings.normalize:
+        pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
+    return EncoderOutput(embedding=pooled, compress_states=compress_states)
+
+
+def add_compress_tokens(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: EncoderSettings, init_from: str = "mean"
+) -> list[int]:
+    """Add the k compress tokens to ``tokenizer`` and give them embedding rows in ``model``; return their ids.
+
+    New rows start at the mean of the existing vocabulary embeddings (``init_from="mean"``), or at the embedding
+    of the last token of the string ``init_from`` (e.g. the instruction's closing quote, so that step 0 sees the
+    same input as the prompt baseline). The matrix only grows (models with spare rows keep their size). Calling
+    it again with the same settings is a no-op that returns the ids.
+    """
+    tokens = settings.compress_tokens
+    vocab = tokenizer.get_vocab()
+    present = [token for token in tokens if token in vocab]
+    if present and len(present) < len(tokens):
+        raise ValueError(f"The tokenizer has only some compress tokens ({present}); expected all of {tokens}.")
+    embeddings = model.get_input_embeddings()
+    if present:
+        ids = [vocab[token] for token in tokens]
+        if max(ids) >= embeddings.weight.shape[0]:
+            raise ValueError("The tokenizer has compress tokens the model has no embedding rows for.")
+        return ids
+    tokenizer.add_tokens(tokens, special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    if max(ids) >= embeddings.weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    _initialise_rows(model, tokenizer, ids, init_from)
+    return ids
+
+
+@torch.no_grad()
+def _initialise_rows(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int], init_from: str
+) -> None:
+    num_original = min(ids)
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    if init_from != "mean":
+        source_ids = tokenizer(init_from, add_special_tokens=False)["input_ids"]
+        if not source_ids:
+            raise ValueError(f"compress-token init string {init_from!r} tokenizes to nothing.")
+    for matrix in matrices:
+        row = matrix[:num_original].float().mean(dim=0) if init_from == "mean" else matrix[source_ids[-1]].float()
+        matrix[ids] = row.to(matrix.dtype).expand(len(ids), -1)

@@ -1,0 +1,101 @@
+"""The settings that define how an encoder turns text into embeddings; saved with every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+SETTINGS_FILE = "autoreg_embed_config.json"
+"""File name of the encoder settings inside a saved checkpoint."""
+
+POOLING_METHODS = ("compress_mean", "compress_last", "last", "mean", "eos")
+"""``compress_*`` reduce the k compress-token states; ``last``/``mean``/``eos`` pool an untrained prompt."""
+
+TEXT_PLACEHOLDER = "{text}"
+
+
+@dataclass
+class EncoderSettings:
+    """How text, instruction and compress tokens are laid out, and how hidden states become an embedding.
+
+    The encoder input is ``[BOS] + prefix + text + suffix + <EMBED0> ... <EMBED{k-1}>`` where prefix and suffix
+    come from splitting ``template`` (with the instruction filled in) at ``{text}``. The paper's layout is the
+    default template ``"{text}\\n{instruction}"``: instruction after the text, compress tokens last.
+    """
+
+    num_compress_tokens: int = field(default=5, metadata={"help": "k, the number of compress tokens."})
+    compress_token_format: str = field(
+        default="<EMBED{index}>", metadata={"help": "Format of the compress-token strings ({index} = 0..k-1)."}
+    )
+    template: str = field(
+        default="{text}\n{instruction}",
+        metadata={"help": "Layout of text and instruction; must contain {text} and may contain {instruction}."},
+    )
+    add_bos: bool = field(default=True, metadata={"help": "Start every encoder input with the BOS token."})
+    pooling: str = field(default="compress_mean", metadata={"help": f"One of {', '.join(POOLING_METHODS)}."})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)."})
+    max_text_length: int = field(default=512, metadata={"help": "Tokens of text kept (the head is kept)."})
+    max_instruction_length: int = field(default=512, metadata={"help": "Tokens of instruction kept."})
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The original LLM (the frozen decoder of both training stages)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_compress_tokens < 0:
+            raise ValueError(f"num_compress_tokens must be >= 0, got {self.num_compress_tokens}.")
+        if self.pooling not in POOLING_METHODS:
+            raise ValueError(f"pooling must be one of {POOLING_METHODS}, got {self.pooling!r}.")
+        if self.pooling.startswith("compress_") and self.num_compress_tokens == 0:
+            raise ValueError(f"pooling={self.pooling!r} needs num_compress_tokens >= 1.")
+        if self.pooling == "eos" and self.num_compress_tokens:
+            raise ValueError("pooling='eos' appends an EOS token for prompt baselines; use num_compress_tokens=0.")
+        if self.template.count(TEXT_PLACEHOLDER) != 1:
+            raise ValueError(f"template must contain {TEXT_PLACEHOLDER} exactly once, got {self.template!r}.")
+        if "{index}" not in self.compress_token_format:
+            raise ValueError(f"compress_token_format must contain {{index}}, got {self.compress_token_format!r}.")
+        for name in ("max_text_length", "max_instruction_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    @property
+    def compress_tokens(self) -> list[str]:
+        """The k compress-token strings, in order."""
+        return [self.compress_token_format.format(index=i) for i in range(self.num_compress_tokens)]
+
+    def split_template(self, instruction: str) -> tuple[str, str]:
+        """Return the (prefix, suffix) around the text once ``instruction`` is filled in.
+
+        An empty instruction also drops the separator written next to ``{instruction}`` in the default
+        template, so that a text without instruction is just the text.
+        """
+        template = self.template
+        if not instruction:
+            template = template.replace("\n{instruction}", "").replace("{instruction}\n", "")
+        prefix, suffix = template.split(TEXT_PLACEHOLDER)
+        return prefix.replace("{instruction}", instruction), suffix.replace("{instruction}", instruction)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the settings as JSON into ``directory`` (atomically) and return the file path."""
+        path = Path(directory) / SETTINGS_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> EncoderSettings:
+        """Read settings saved by :meth:`save`; unknown keys (from newer versions) are an error."""
+        path = Path(directory) / SETTINGS_FILE
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path} has unknown settings {unknown}; upgrade autoreg-embed to read it.")
+        return cls(**data)
+
+    @classmethod
+    def exists_in(cls, directory: str | os.PathLike) -> bool:
+        """Whether ``directory`` holds saved encoder settings."""
+        return (Path(directory) / SETTINGS_FILE).is_file()

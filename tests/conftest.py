@@ -1,0 +1,81 @@
+"""Shared fixtures: the real SmolLM2 tokenizer (from the embedded default model) and tiny random models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from autoreg_embed import default_model_path
+
+ARCHITECTURES = ("llama", "qwen2", "gpt2")
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    """The embedded SmolLM2-135M-Instruct as a cached safetensors folder (converted once per cache)."""
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def _session_tokenizer(default_model_dir) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture
+def tokenizer(_session_tokenizer) -> PreTrainedTokenizerBase:
+    """A fresh copy of the real SmolLM2 tokenizer (tests may add tokens to it)."""
+    return copy.deepcopy(_session_tokenizer)
+
+
+def make_tiny_model(architecture: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
+    """A tiny random causal LM (2 layers, hidden 32) of the given architecture over ``tokenizer``'s vocabulary."""
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if architecture == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **special,
+        )
+        model = LlamaForCausalLM(config)
+    elif architecture == "qwen2":
+        config = Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **special,
+        )
+        model = Qwen2ForCausalLM(config)
+    elif architecture == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=1024, **special)
+        model = GPT2LMHeadModel(config)
+    else:
+        raise ValueError(architecture)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def architecture(request) -> str:
+    return request.param
