@@ -9,18 +9,24 @@ from autoreg_embed.modeling import (
     conditional_log_probs,
     encode,
 )
+from autoreg_embed.modeling.checkpoint import LoadedEncoder, load_encoder
+from autoreg_embed.trainers import CompressionConfig, CompressionTrainer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "CompressionConfig",
+    "CompressionTrainer",
     "EncoderInputBuilder",
     "EncoderSettings",
     "FrozenDecoder",
+    "LoadedEncoder",
     "__version__",
     "add_compress_tokens",
     "conditional_log_probs",
     "default_model_path",
     "encode",
+    "load_encoder",
     "resolve_model_name_or_path",
 ]

@@ -14,7 +14,7 @@ from autoreg_embed.modeling.settings import EncoderSettings
 logger = logging.getLogger(__name__)
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of user text; special-token strings inside it (e.g. "<EMBED0>") are split like plain text."""
     if not texts:
         return []
@@ -83,10 +83,10 @@ class EncoderInputBuilder:
             raise ValueError(f"Got {len(texts)} texts but {len(instructions)} instructions.")
         parts = [self.settings.split_template(instruction) for instruction in instructions]
         unique_parts = sorted({piece for pair in parts for piece in pair})
-        piece_ids = dict(zip(unique_parts, _tokenize(self.tokenizer, unique_parts), strict=True))
+        piece_ids = dict(zip(unique_parts, tokenize_text(self.tokenizer, unique_parts), strict=True))
         limit = self.settings.max_instruction_length
         rows = []
-        for text_ids, (prefix, suffix) in zip(_tokenize(self.tokenizer, texts), parts, strict=True):
+        for text_ids, (prefix, suffix) in zip(tokenize_text(self.tokenizer, texts), parts, strict=True):
             text_ids = self._truncate(text_ids, self.settings.max_text_length, "text")
             prefix_ids = self._truncate(piece_ids[prefix], limit, "instruction")
             suffix_ids = self._truncate(piece_ids[suffix], limit, "instruction")

@@ -1,0 +1,145 @@
+"""Command line: ``autoreg-embed <stage> [--flags | config.yaml]``.
+
+Each stage parses its dataclasses with :class:`transformers.HfArgumentParser`. Options come from flags, from a
+YAML/JSON file given as ``--config FILE`` (flags on the command line override the file), or both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from autoreg_embed.default_model import DEFAULT_MODEL
+from autoreg_embed.resources import resolve_data_path
+
+logger = logging.getLogger("autoreg_embed")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train and whether to train it with LoRA."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": f"Hub name or local path of a causal LM; {DEFAULT_MODEL} is the embedded SmolLM2-135M."},
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
+    )
+
+    def peft_config(self) -> Any | None:
+        """A LoraConfig when ``use_lora`` is set."""
+        if not self.use_lora:
+            return None
+        from peft import LoraConfig
+
+        targets = self.lora_target_modules
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [name.strip() for name in targets.split(",")],
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class DataArguments:
+    """Training and evaluation data: a JSONL/JSON/CSV/Parquet file, a dataset folder, or a hub dataset name."""
+
+    train_file: str = field(
+        default="quickstart", metadata={"help": "Training data; 'quickstart' is the small built-in example set."}
+    )
+    eval_file: str | None = field(default=None, metadata={"help": "Evaluation data (same columns)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) if Path(path).suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of option names to values.")
+    return data
+
+
+def parse_stage_arguments(dataclass_types: Sequence[type], argv: Sequence[str], prog: str) -> tuple[Any, ...]:
+    """Parse ``argv`` into instances of ``dataclass_types``; ``--config FILE`` supplies defaults."""
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of options (flags override it).")
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        options = _read_config_file(known.config)
+        valid = {action.dest for action in parser._actions}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise SystemExit(f"{prog}: unknown option(s) in {known.config}: {unknown}")
+        parser.set_defaults(**options)
+    *parsed, namespace = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=False)
+    del namespace  # the --config value
+    return tuple(parsed)
+
+
+def run_compress(argv: Sequence[str]) -> None:
+    """Stage 1: information compression."""
+    from autoreg_embed.data.loading import load_rows
+    from autoreg_embed.reporting import format_loss_curve, plot_loss_curve
+    from autoreg_embed.trainers import CompressionConfig, CompressionTrainer
+
+    model_args, data_args, config = parse_stage_arguments(
+        (ModelArguments, DataArguments, CompressionConfig), argv, "autoreg-embed compress"
+    )
+    train_dataset = load_rows(resolve_data_path(data_args.train_file, "compression"))
+    if data_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+    eval_dataset = load_rows(data_args.eval_file) if data_args.eval_file else None
+    trainer = CompressionTrainer(
+        model=model_args.model_name_or_path,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=model_args.peft_config(),
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    print(format_loss_curve(trainer.state.log_history))
+    plot = plot_loss_curve(trainer.state.log_history, Path(config.output_dir) / "loss_curve.png", "compression")
+    truncated = dict(trainer.data_collator.truncations)
+    print(f"Saved the encoder to {config.output_dir}" + (f"; loss plot: {plot}" if plot else ""))
+    if truncated:
+        print(f"Truncated during training (counts): {truncated}")
+
+
+STAGES: dict[str, Callable[[Sequence[str]], None]] = {"compress": run_compress}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``autoreg-embed`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="autoreg-embed",
+        description="Train decoder LLMs into embedding models (AutoRegEmbed). Run 'autoreg-embed STAGE --help'.",
+    )
+    parser.add_argument("stage", choices=sorted(STAGES), help="compress: stage 1, information compression.")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return
+    stage = parser.parse_args(argv[:1]).stage
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    STAGES[stage](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

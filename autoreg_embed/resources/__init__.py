@@ -1,0 +1,19 @@
+"""Small data files shipped with the package for the quickstart (written by the autoreg-embed authors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+QUICKSTART_FILES = {"compression": _HERE / "quickstart_compression.jsonl"}
+"""Built-in example sets by stage: 48 invented (context, instruction, target) rows about fictional towns."""
+
+
+def resolve_data_path(name: str, stage: str) -> str:
+    """Map the name ``quickstart`` to the built-in file of ``stage``; return any other name unchanged."""
+    if name == "quickstart":
+        if stage not in QUICKSTART_FILES:
+            raise ValueError(f"There is no built-in quickstart data for {stage!r}; pass a data file.")
+        return str(QUICKSTART_FILES[stage])
+    return name

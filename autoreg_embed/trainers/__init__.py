@@ -1,0 +1,8 @@
+"""Trainers: one config + trainer pair per stage, on a small shared base."""
+
+from autoreg_embed.trainers.base_config import EncoderTrainingConfig
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer
+from autoreg_embed.trainers.compression_config import CompressionConfig
+from autoreg_embed.trainers.compression_trainer import CompressionTrainer
+
+__all__ = ["AutoRegTrainer", "CompressionConfig", "CompressionTrainer", "EncoderTrainingConfig"]

@@ -1,0 +1,68 @@
+"""Settings shared by every autoreg-embed trainer: how texts become encoder inputs and embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from autoreg_embed.modeling.settings import POOLING_METHODS, EncoderSettings
+
+INSTRUCTION_TEMPLATES = {
+    "after_text": "{text}\n{instruction}",
+    "before_text": "{instruction}\n{text}",
+}
+"""Where the instruction goes relative to the text; the paper puts it after the text."""
+
+
+@dataclass
+class EncoderTrainingConfig(TrainingArguments):
+    """:class:`~transformers.TrainingArguments` plus the encoder layout shared by all autoreg-embed trainers."""
+
+    model_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype to load the model in when a name is given (float32, bfloat16, auto). Default: float32."
+        },
+    )
+    num_compress_tokens: int = field(default=5, metadata={"help": "k, the number of compress tokens (paper: 5)."})
+    instruction_position: str = field(
+        default="after_text",
+        metadata={"help": f"Where the instruction goes: {' or '.join(INSTRUCTION_TEMPLATES)} (paper: after_text)."},
+    )
+    add_bos: bool = field(default=True, metadata={"help": "Start every encoder input with the BOS token."})
+    pooling: str = field(
+        default="compress_mean", metadata={"help": f"Embedding pooling saved with the model: {POOLING_METHODS}."}
+    )
+    max_text_length: int = field(default=512, metadata={"help": "Max tokens of context/query/document text."})
+    max_instruction_length: int = field(default=512, metadata={"help": "Max tokens of instruction."})
+    compress_token_init: str = field(
+        default="mean",
+        metadata={
+            "help": "Initial embedding of new compress tokens: 'mean' (vocabulary mean) or a string whose last "
+            "token's embedding is copied (e.g. '\"')."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.instruction_position not in INSTRUCTION_TEMPLATES:
+            raise ValueError(
+                f"instruction_position must be one of {list(INSTRUCTION_TEMPLATES)}, got {self.instruction_position!r}."
+            )
+        self.remove_unused_columns = False  # the collators read the raw text columns
+        if self.label_names is None:
+            self.label_names = []
+        self.encoder_settings()  # validate the layout options early, with their own messages
+        super().__post_init__()
+
+    def encoder_settings(self, base_model_name_or_path: str | None = None) -> EncoderSettings:
+        """The :class:`EncoderSettings` these options describe."""
+        return EncoderSettings(
+            num_compress_tokens=self.num_compress_tokens,
+            template=INSTRUCTION_TEMPLATES[self.instruction_position],
+            add_bos=self.add_bos,
+            pooling=self.pooling,
+            max_text_length=self.max_text_length,
+            max_instruction_length=self.max_instruction_length,
+            base_model_name_or_path=base_model_name_or_path,
+        )

@@ -1,0 +1,137 @@
+"""What every autoreg-embed trainer shares: model/tokenizer preparation, metrics, loss checks, saving."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+from autoreg_embed.data.schema import require_columns, validate_rows
+from autoreg_embed.default_model import DEFAULT_MODEL
+from autoreg_embed.modeling.checkpoint import load_causal_lm, load_tokenizer
+from autoreg_embed.modeling.decoder import is_peft_model
+from autoreg_embed.modeling.encoder import add_compress_tokens
+from autoreg_embed.modeling.settings import EncoderSettings
+from autoreg_embed.trainers.base_config import EncoderTrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_encoder(
+    model: str | PreTrainedModel | None,
+    processing_class: PreTrainedTokenizerBase | None,
+    args: EncoderTrainingConfig,
+    peft_config: Any | None = None,
+) -> tuple[nn.Module, PreTrainedTokenizerBase, EncoderSettings]:
+    """Load (if a name was given) the model and tokenizer, add the compress tokens, and apply ``peft_config``.
+
+    A model that already carries autoreg-embed settings (a saved stage-1 checkpoint) keeps them; a different
+    ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch.
+    """
+    name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None)
+    base_name = DEFAULT_MODEL if model is None else name
+    if model is None or isinstance(model, str):
+        model = load_causal_lm(model, args.model_dtype)
+    if processing_class is None:
+        processing_class = load_tokenizer(name)
+    settings = args.encoder_settings(base_model_name_or_path=base_name)
+    if name is not None and EncoderSettings.exists_in(name):
+        saved = EncoderSettings.load(name)
+        if saved.num_compress_tokens != settings.num_compress_tokens:
+            raise ValueError(
+                f"The checkpoint {name} was trained with num_compress_tokens={saved.num_compress_tokens}, but the "
+                f"config asks for {settings.num_compress_tokens}. Set num_compress_tokens="
+                f"{saved.num_compress_tokens}."
+            )
+        settings = saved
+    compress_ids = add_compress_tokens(model, processing_class, settings, init_from=args.compress_token_init)
+    if peft_config is not None:
+        if is_peft_model(model):
+            raise ValueError("Pass either a PEFT model or peft_config, not both.")
+        from peft import get_peft_model
+
+        if getattr(peft_config, "trainable_token_indices", "absent") is None:
+            # The new compress-token rows must learn too; PEFT trains just those rows of the embedding matrix.
+            peft_config.trainable_token_indices = compress_ids
+        model = get_peft_model(model, peft_config)
+    return model, processing_class, settings
+
+
+def validate_dataset(dataset: Dataset | None, name: str, text_columns: Sequence[str], **kwargs: Any) -> None:
+    """Check columns and every row of ``dataset`` before training starts (see :func:`validate_rows`)."""
+    if dataset is None:
+        return
+    columns = [*text_columns, *kwargs.get("list_columns", ())]
+    require_columns(dataset.column_names, columns, name)
+    present_optional = [column for column in kwargs.pop("optional_columns", ()) if column in dataset.column_names]
+    validate_rows(dataset, text_columns, name, optional_columns=present_optional, **kwargs)
+
+
+class AutoRegTrainer(Trainer):
+    """Base of the autoreg-embed trainers (not used directly).
+
+    Subclasses implement ``compute_loss`` and call :meth:`record_metrics` with per-step values; this class
+    averages and logs them like trl (``eval_`` prefixed during evaluation), stops on a non-finite loss, and
+    saves the encoder settings next to the weights the Trainer hands to ``_save``.
+    """
+
+    encoder_settings: EncoderSettings
+
+    def __init__(self, *args: Any, encoder_settings: EncoderSettings, **kwargs: Any) -> None:
+        self.encoder_settings = encoder_settings
+        self._metrics: dict[str, defaultdict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        super().__init__(*args, **kwargs)
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean; Trainer divides by GA steps
+
+    def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
+        """Store per-step metric values (averaged over the steps between two logs)."""
+        mode = "train" if self.model.training else "eval"
+        for key, value in values.items():
+            self._metrics[mode][key].append(float(value.detach().float().mean()) if torch.is_tensor(value) else value)
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop training with a clear message instead of continuing on a NaN/inf loss."""
+        if not torch.isfinite(loss.detach()).all():
+            raise FloatingPointError(
+                f"Non-finite loss ({loss.detach().float().item()}) at optimisation step {self.state.global_step + 1}. "
+                "Lower the learning rate, use bf16 instead of fp16, or check that the batch at this step has "
+                "non-empty targets."
+            )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        averaged = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        if mode == "eval":
+            averaged = {f"eval_{key}": value for key, value in averaged.items()}
+        logs = {**logs, **averaged}
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor, None, None]:
+        """Evaluation computes the training loss (there are no labels to predict)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save what the Trainer hands over (so sharded ZeRO-3 states are gathered), plus the encoder settings."""
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            self.encoder_settings.save(Path(output_dir or self.args.output_dir))
