@@ -10,12 +10,16 @@ from autoreg_embed.modeling import (
     encode,
 )
 from autoreg_embed.modeling.checkpoint import LoadedEncoder, load_encoder
-from autoreg_embed.trainers import CompressionConfig, CompressionTrainer
+from autoreg_embed.sentence_transformers import AutoRegEmbedModule, export_sentence_transformer, load
+from autoreg_embed.trainers import CDAConfig, CDATrainer, CompressionConfig, CompressionTrainer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "AutoRegEmbedModule",
+    "CDAConfig",
+    "CDATrainer",
     "CompressionConfig",
     "CompressionTrainer",
     "EncoderInputBuilder",
@@ -27,6 +31,8 @@ __all__ = [
     "conditional_log_probs",
     "default_model_path",
     "encode",
+    "export_sentence_transformer",
+    "load",
     "load_encoder",
     "resolve_model_name_or_path",
 ]

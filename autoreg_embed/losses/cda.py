@@ -9,6 +9,7 @@ alignment strategy: ``docs/cda_loss.md``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -39,7 +40,8 @@ LOG_PROB_MEANINGS: dict[str, str] = {
     "policy_pos_self_neg": "lp(d+ | e_{d-_i,I_self})",
     "ref_pos_self_neg": "lp_ref(d+ | e_{d-_i,I_self})",
 }
-"""Every log-probability name a strategy can ask for. Names ending in ``neg``/``_neg_*`` are (B, n)."""
+"""Every log-probability name a strategy can ask for. Names containing ``neg`` are (B, n), one per
+negative (or (B,) when n = 1); the others are (B,)."""
 
 _DEFAULT = ("policy_pos_next", "policy_pos_self", "policy_neg_next", "ref_pos_next", "ref_neg_next")
 _QUERY = (
@@ -49,12 +51,17 @@ _QUERY = (
     "ref_query_prev_pos",
     "ref_query_prev_neg",
 )
+_EXTRA_PREFERENCE = {
+    3: ("policy_pos_self", "policy_neg_self_pos", "ref_pos_self", "ref_neg_self_pos"),
+    4: ("policy_neg_self", "policy_pos_self_neg", "ref_neg_self", "ref_pos_self_neg"),
+}
+"""Strategies 3 and 4: (chosen, rejected, reference chosen, reference rejected) of the extra scores."""
 STRATEGY_LOG_PROBS: dict[int, tuple[str, ...]] = {
     0: _DEFAULT,
     1: _QUERY,
     2: _DEFAULT + _QUERY,
-    3: (*_DEFAULT, "ref_pos_self", "policy_neg_self_pos", "ref_neg_self_pos"),
-    4: (*_DEFAULT, "policy_neg_self", "ref_neg_self", "policy_pos_self_neg", "ref_pos_self_neg"),
+    3: tuple(dict.fromkeys(_DEFAULT + _EXTRA_PREFERENCE[3])),
+    4: _DEFAULT + _EXTRA_PREFERENCE[4],
 }
 """Alignment strategy (paper, Appendix E) -> the log-probabilities the trainer must compute for it."""
 
@@ -75,15 +82,15 @@ def _checked(name: str, t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _columns(name: str, t: Tensor, like: tuple[str, Tensor] | None = None) -> Tensor:
-    """``t`` as (B, m): (B,) becomes (B, 1). With ``like``, the shape must equal that (B, m) tensor's."""
-    t = _checked(name, t)
-    t = t.unsqueeze(1) if t.dim() == 1 else t
-    if t.dim() != 2:
+def _columns(name: str, t: Tensor, like: Named | None = None) -> Tensor:
+    """Finite ``t`` as (B, m), (B,) becoming (B, 1). With ``like``, both must have the same (B, m) shape."""
+    as_2d = _checked(name, t)
+    as_2d = as_2d.unsqueeze(1) if as_2d.dim() == 1 else as_2d
+    if as_2d.dim() != 2:
         raise ValueError(f"{name} must have shape (B,) or (B, n), got {tuple(t.shape)}.")
-    if like is not None and t.shape != like[1].shape:
+    if like is not None and as_2d.shape != (like[1].unsqueeze(1) if like[1].dim() == 1 else like[1]).shape:
         raise ValueError(f"{name} has shape {tuple(t.shape)} but {like[0]} has shape {tuple(like[1].shape)}.")
-    return t
+    return as_2d
 
 
 def sequence_log_probs(token_logps: Tensor, mask: Tensor, average: bool) -> Tensor:
@@ -118,7 +125,7 @@ def alignment_score(lp_cond_a: Tensor, lp_cond_b: Tensor, beta: float, bound: st
     """``S1 = -g(beta * |a - b|)`` (B,): high when the two conditionings give the target the same log-prob."""
     _check_beta(beta)
     a = _columns("lp_cond_a", lp_cond_a)
-    b = _columns("lp_cond_b", lp_cond_b, like=("lp_cond_a", a))
+    b = _columns("lp_cond_b", lp_cond_b, like=("lp_cond_a", lp_cond_a))
     return bounded_score(beta * (a - b).abs(), bound).squeeze(1)
 
 
@@ -128,9 +135,9 @@ def _preference_margin(
     """(x, DPO margin), both (B, n). x is the argument of S2 before beta, per ``reference_sign``."""
     _check_choice("reference_sign", reference_sign, REFERENCE_SIGNS)
     n = _columns(*neg)
-    rn = _columns(*ref_neg, like=(neg[0], n))
+    rn = _columns(*ref_neg, like=neg)
     p = _columns(*pos)
-    rp = _columns(*ref_pos, like=(pos[0], p))
+    rp = _columns(*ref_pos, like=pos)
     if p.shape[0] != n.shape[0] or p.shape[1] not in (1, n.shape[1]):
         raise ValueError(f"{pos[0]} has shape {tuple(p.shape)}, incompatible with {neg[0]} {tuple(n.shape)}.")
     dpo = (p - rp) - (n - rn)
@@ -170,7 +177,7 @@ def info_nce_from_scores(s1: Tensor, s2: Tensor, temperature: float) -> Tensor:
     if rest.shape[0] != first.shape[0]:
         raise ValueError(f"s2 has shape {tuple(rest.shape)} but s1 has shape {tuple(s1.shape)}.")
     logits = torch.cat([first, rest], dim=1) / temperature
-    return torch.logsumexp(logits, dim=1) - logits[:, 0]
+    return torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
 
 
 def divergence_alignment_score(
@@ -182,28 +189,25 @@ def divergence_alignment_score(
     ``logp_a``/``logp_b``: (B, T, V) log-distributions of the target's next tokens given ``a`` = e_{q,I_next}
     and ``b`` = e_{d+,I_self}; ``target_mask``: (B, T).
     ``kl``: ``KL(p_a || p_b) = sum_v p_a (log p_a - log p_b)``; ``js``: ``(KL(p_a||m) + KL(p_b||m)) / 2``,
-    ``m = (p_a + p_b) / 2``. Log-probs of -inf (zero probability) are allowed; NaN / +inf are not.
+    ``m = (p_a + p_b) / 2``. Log-probs must be finite (a log-softmax of finite logits is).
     """
     _check_choice("divergence", kind, DIVERGENCES)
     _check_beta(beta)
-    for name, t in (("logp_a", logp_a), ("logp_b", logp_b)):
-        if torch.isnan(t).any() or (t == float("inf")).any():
-            raise ValueError(f"{name} contains NaN or +inf.")
     if logp_a.dim() != 3 or logp_a.shape != logp_b.shape or target_mask.shape != logp_a.shape[:2]:
         raise ValueError(
             f"logp_a {tuple(logp_a.shape)} and logp_b {tuple(logp_b.shape)} must be equal (B, T, V) and "
             f"target_mask {tuple(target_mask.shape)} must be (B, T)."
         )
+    log_pa, log_pb = _checked("logp_a", logp_a), _checked("logp_b", logp_b)
 
     def kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-        p = log_p.exp()
-        return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
     if kind == "kl":
-        per_token = kl(logp_a, logp_b)
+        per_token = kl(log_pa, log_pb)
     else:
-        log_m = torch.logaddexp(logp_a, logp_b) - torch.log(torch.tensor(2.0, dtype=logp_a.dtype))
-        per_token = 0.5 * (kl(logp_a, log_m) + kl(logp_b, log_m))
+        log_m = torch.logaddexp(log_pa, log_pb) - math.log(2.0)
+        per_token = 0.5 * (kl(log_pa, log_m) + kl(log_pb, log_m))
     return bounded_score(beta * sequence_log_probs(per_token, target_mask, average=True), bound)
 
 
@@ -248,15 +252,12 @@ def cda_loss(
     (e.g. ``divergence_alignment_score``); ``extra_scores`` (B, m) are more denominator terms (strategies
     3 and 4). Sum or length-averaged log-probs: the caller's choice (``sequence_log_probs``).
     """
-    named = dict(
-        policy_pos_next=policy_pos_next,
-        policy_pos_self=policy_pos_self,
-        policy_neg_next=policy_neg_next,
-        ref_pos_next=ref_pos_next,
-        ref_neg_next=ref_neg_next,
-    )
     return _cda(
-        *named.items(),
+        ("policy_pos_next", policy_pos_next),
+        ("policy_pos_self", policy_pos_self),
+        ("policy_neg_next", policy_neg_next),
+        ("ref_pos_next", ref_pos_next),
+        ("ref_neg_next", ref_neg_next),
         beta=beta,
         temperature=temperature,
         bound=bound,
@@ -285,7 +286,7 @@ def _cda(
     p = _columns(*pos)
     if p.shape[1] != 1:
         raise ValueError(f"{pos[0]} must have shape (B,), got {tuple(pos[1].shape)}.")
-    p_self = _columns(*pos_self, like=(pos[0], p))
+    p_self = _columns(*pos_self, like=pos)
     x, margin = _preference_margin(pos, neg, ref_pos, ref_neg, reference_sign)
     s2 = bounded_score(beta * x, bound)
     if extra_scores is not None:
@@ -296,7 +297,7 @@ def _cda(
     if s1_override is None:
         s1 = bounded_score(beta * (p - p_self).abs(), bound).squeeze(1)
     else:
-        s1 = _columns("s1_override", s1_override, like=(pos[0], p)).squeeze(1)
+        s1 = _columns("s1_override", s1_override, like=pos).squeeze(1)
     per_example = info_nce_from_scores(s1, s2, temperature)
     return CDALossOutput(
         loss=per_example.mean(),
@@ -345,12 +346,9 @@ def strategy_loss(
     if strategy == 1:
         return _cda(*named(*_QUERY), **options)
     extra_scores = None
-    if strategy == 3:
-        extra = named("policy_pos_self", "policy_neg_self_pos", "ref_pos_self", "ref_neg_self_pos")
-        extra_scores = bounded_score(beta * _preference_margin(*extra, reference_sign)[0], bound)
-    elif strategy == 4:
-        extra = named("policy_neg_self", "policy_pos_self_neg", "ref_neg_self", "ref_pos_self_neg")
-        extra_scores = bounded_score(beta * _preference_margin(*extra, reference_sign)[0], bound)
+    if strategy in _EXTRA_PREFERENCE:
+        x, _ = _preference_margin(*named(*_EXTRA_PREFERENCE[strategy]), reference_sign)
+        extra_scores = bounded_score(beta * x, bound)
     out = _cda(*named(*_DEFAULT), **options, s1_override=s1_override, extra_scores=extra_scores)
     if strategy == 2:
         per_example = (out.per_example + _cda(*named(*_QUERY), **options).per_example) / 2

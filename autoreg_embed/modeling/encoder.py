@@ -97,8 +97,11 @@ def encode(
 ) -> EncoderOutput:
     """Run the encoder on inputs built by :class:`~autoreg_embed.modeling.inputs.EncoderInputBuilder`."""
     lengths = attention_mask.sum(dim=1)
-    if settings.num_compress_tokens and bool((lengths < settings.num_compress_tokens).any()):
-        raise ValueError("An encoder row is shorter than the compress tokens; build inputs with EncoderInputBuilder.")
+    if bool((lengths < max(settings.num_compress_tokens, 1)).any()):
+        raise ValueError(
+            "An encoder row is empty or shorter than the compress tokens; build inputs with EncoderInputBuilder "
+            "(with k = 0, an empty text needs add_bos=True or fixed template text around {text})."
+        )
     hidden = last_hidden_states(model, attention_mask, input_ids=input_ids)
     pooled, compress_states = pool_hidden_states(hidden, attention_mask, settings)
     if settings.normalize:

@@ -2,7 +2,16 @@
 
 from autoreg_embed.trainers.base_config import EncoderTrainingConfig
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer
+from autoreg_embed.trainers.cda_config import CDAConfig
+from autoreg_embed.trainers.cda_trainer import CDATrainer
 from autoreg_embed.trainers.compression_config import CompressionConfig
 from autoreg_embed.trainers.compression_trainer import CompressionTrainer
 
-__all__ = ["AutoRegTrainer", "CompressionConfig", "CompressionTrainer", "EncoderTrainingConfig"]
+__all__ = [
+    "AutoRegTrainer",
+    "CDAConfig",
+    "CDATrainer",
+    "CompressionConfig",
+    "CompressionTrainer",
+    "EncoderTrainingConfig",
+]

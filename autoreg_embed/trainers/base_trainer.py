@@ -19,6 +19,13 @@ from autoreg_embed.modeling.checkpoint import load_causal_lm, load_tokenizer
 from autoreg_embed.modeling.decoder import is_peft_model
 from autoreg_embed.modeling.encoder import add_compress_tokens
 from autoreg_embed.modeling.settings import EncoderSettings
+from autoreg_embed.sentence_transformers import (
+    embedding_dimension,
+    latest_eval_metrics,
+    prompts_from_instructions,
+    recorded_training_stages,
+    write_sentence_transformers_files,
+)
 from autoreg_embed.trainers.base_config import EncoderTrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -53,15 +60,33 @@ def prepare_encoder(
         settings = saved
     compress_ids = add_compress_tokens(model, processing_class, settings, init_from=args.compress_token_init)
     if peft_config is not None:
-        if is_peft_model(model):
-            raise ValueError("Pass either a PEFT model or peft_config, not both.")
+        model = _apply_peft(model, peft_config, compress_ids)
+    return model, processing_class, settings
+
+
+STAGE2_ADAPTER = "align"
+"""Name of the adapter added to a PEFT model that already holds a (stage-1) adapter."""
+
+
+def _apply_peft(model: nn.Module, peft_config: Any, compress_ids: list[int]) -> nn.Module:
+    """Wrap ``model`` with ``peft_config``; on a PEFT model, add it as a second, trainable adapter.
+
+    The existing adapters stay active but frozen, so the base weights serve three roles: base + all adapters =
+    the encoder, base + frozen adapters = the reference, base alone = the decoder.
+    """
+    if not is_peft_model(model):
         from peft import get_peft_model
 
         if getattr(peft_config, "trainable_token_indices", "absent") is None:
             # The new compress-token rows must learn too; PEFT trains just those rows of the embedding matrix.
             peft_config.trainable_token_indices = compress_ids
-        model = get_peft_model(model, peft_config)
-    return model, processing_class, settings
+        return get_peft_model(model, peft_config)
+    existing = list(model.peft_config)
+    model.add_adapter(STAGE2_ADAPTER, peft_config)
+    model.base_model.set_adapter([*existing, STAGE2_ADAPTER])
+    for name, parameter in model.named_parameters():  # set_adapter marks every active adapter trainable
+        parameter.requires_grad_(f".{STAGE2_ADAPTER}." in name)
+    return model
 
 
 def validate_dataset(dataset: Dataset | None, name: str, text_columns: Sequence[str], **kwargs: Any) -> None:
@@ -131,7 +156,23 @@ class AutoRegTrainer(Trainer):
         return loss.detach(), None, None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save what the Trainer hands over (so sharded ZeRO-3 states are gathered), plus the encoder settings."""
+        """Save what the Trainer hands over (so sharded ZeRO-3 states are gathered), plus the encoder settings.
+
+        The folder also gets the sentence-transformers files and a model card, so that it loads with
+        ``SentenceTransformer(path, trust_remote_code=True)`` or ``autoreg_embed.load(path)``. Prompts are the
+        trainer's I_next / I_self instructions when it has them (CDA), else the paper's STS instruction.
+        """
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            self.encoder_settings.save(Path(output_dir or self.args.output_dir))
+            directory = Path(output_dir or self.args.output_dir)
+            self.encoder_settings.save(directory)
+            model = self.accelerator.unwrap_model(self.model)
+            instructions = getattr(self, "instruction_texts", None)
+            write_sentence_transformers_files(
+                directory,
+                self.encoder_settings,
+                embedding_dimension(model),
+                prompts=prompts_from_instructions(instructions) if instructions else None,
+                training_stages=[*recorded_training_stages(model.name_or_path), type(self).__name__],
+                eval_results=latest_eval_metrics(self.state.log_history),
+            )

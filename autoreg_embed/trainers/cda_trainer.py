@@ -1,0 +1,290 @@
+"""Stage 2 of AutoRegEmbed: conditional distribution alignment (CDA)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+from autoreg_embed.data.cda_collator import CDACollator, log_prob_spec
+from autoreg_embed.data.collators import TargetBuilder
+from autoreg_embed.default_model import cache_dir, resolve_model_name_or_path
+from autoreg_embed.losses.cda import STRATEGY_LOG_PROBS, CDALossOutput, divergence_alignment_score, strategy_loss
+from autoreg_embed.modeling.checkpoint import load_causal_lm
+from autoreg_embed.modeling.decoder import FrozenDecoder, conditional_log_probs, is_peft_model
+from autoreg_embed.modeling.encoder import encode
+from autoreg_embed.modeling.inputs import EncoderInputBuilder
+from autoreg_embed.modeling.reference import ReferenceEncoder
+from autoreg_embed.modeling.settings import EncoderSettings
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer, prepare_encoder, validate_dataset
+from autoreg_embed.trainers.cda_config import CDAConfig
+
+logger = logging.getLogger(__name__)
+
+
+def original_decoder(model: nn.Module, settings: EncoderSettings, decoder: nn.Module | None) -> FrozenDecoder:
+    """The frozen *original* LLM (the decoder of both stages), from the cheapest correct source.
+
+    An explicit ``decoder`` wins. If ``model`` (or a PEFT model's base) is not the original recorded in the
+    settings, e.g. a fully fine-tuned stage-1 checkpoint, the original is loaded from
+    ``settings.base_model_name_or_path`` (the decoder, unlike the reference, *is* the original). Otherwise the
+    model's own weights serve, with adapters disabled (PEFT) or as a frozen copy.
+    """
+    if decoder is None and settings.base_model_name_or_path:
+        own = (model.get_base_model() if is_peft_model(model) else model).name_or_path
+        original = resolve_model_name_or_path(settings.base_model_name_or_path)
+        if os.path.normpath(resolve_model_name_or_path(own)) != os.path.normpath(original):
+            logger.info("Loading the original LLM %s as the frozen decoder.", settings.base_model_name_or_path)
+            decoder = load_causal_lm(settings.base_model_name_or_path, next(model.parameters()).dtype)
+    return FrozenDecoder(model, decoder)
+
+
+def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
+    """A hash of the frozen parameters (names, shapes, sums and sums of squares) of ``modules``."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for module in modules:
+            for name, parameter in module.named_parameters():
+                if parameter.requires_grad:
+                    continue
+                values = parameter.detach().double()
+                digest.update(f"{name}{tuple(parameter.shape)}{values.sum().item():.12e}".encode())
+                digest.update(f"{values.square().sum().item():.12e}".encode())
+    return digest.hexdigest()
+
+
+class CDATrainer(AutoRegTrainer):
+    """Align the conditional distributions that embeddings induce under the frozen decoder (paper §3.2).
+
+    For a query q, a positive d+ and negatives d-_i, with ``lp(x | e)`` the log-probability of text x under the
+    frozen original LLM conditioned on the k compress states e, and ``lp_ref`` the same with the encoder as
+    it was at the start of stage 2::
+
+        S1   = -g(beta * |lp(d+ | e_{q,I_next}) - lp(d+ | e_{d+,I_self})|)
+        S2_i = -g(beta * [(lp(d+ | e_q) - lp_ref(d+ | e_q)) - (lp(d-_i | e_q) - lp_ref(d-_i | e_q))])
+        L    = -log(exp(S1/tau) / (exp(S1/tau) + sum_i exp(S2_i/tau)))
+
+    Per batch the encoder runs once over every distinct (text, instruction) it must embed, and the decoder
+    once over every (embedding, target) pair; the reference likewise, without gradients.
+
+    Args:
+        model: the encoder: a stage-1 checkpoint path, a model, or any causal LM (``None``: embedded SmolLM2).
+        ref_model: the reference encoder. If omitted: the PEFT policy with its trainable adapter off, else a
+            frozen copy of ``model`` taken before training; with ``precompute_ref_log_probs`` the reference runs
+            once before training and is then released.
+        decoder: the frozen original LLM (default: chosen by :func:`original_decoder`).
+        train_dataset / eval_dataset: rows with ``query``, ``pos``, ``neg`` (a string or a list; the same
+            count in every row); optional ``instruction_next`` / ``instruction_self`` / ``instruction_prev``.
+        peft_config: a PEFT config for stage 2; on a PEFT stage-1 model it becomes a second adapter ``align``
+            (stage-1 adapter frozen, used by the reference; both off for the decoder: one set of base weights).
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | nn.Module | None = None,
+        ref_model: nn.Module | None = None,
+        args: CDAConfig | None = None,
+        data_collator: Any | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        decoder: PreTrainedModel | None = None,
+        peft_config: Any | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        **kwargs: Any,
+    ) -> None:
+        args = args or CDAConfig(output_dir="cda-output")
+        model, processing_class, settings = prepare_encoder(model, processing_class, args, peft_config)
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            validate_dataset(
+                dataset,
+                name,
+                ("query", "pos"),
+                list_columns=("neg",),
+                optional_columns=("instruction_next", "instruction_self", "instruction_prev"),
+            )
+        self.log_prob_names = STRATEGY_LOG_PROBS[args.strategy]
+        self.ref_names = [name for name in self.log_prob_names if name.startswith("ref_")]
+        self.instruction_texts = args.instruction_texts()
+        self.frozen_decoder = original_decoder(model, settings, decoder)
+        self.reference = ReferenceEncoder(model, ref_model)
+        self.encoder_inputs = EncoderInputBuilder(processing_class, settings)
+        self.target_builder = TargetBuilder(processing_class, args.max_target_length)
+        precomputed = self.ref_names if args.precompute_ref_log_probs else ()
+        if data_collator is None:
+            data_collator = self._collator(self.log_prob_names, precomputed)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            encoder_settings=settings,
+            **kwargs,
+        )
+        for separate in (self.frozen_decoder.decoder, self.reference.model):
+            if separate is not None:
+                separate.to(self.args.device)
+        if args.precompute_ref_log_probs:
+            self.train_dataset = self.with_reference_log_probs(self.train_dataset, "train")
+            if self.eval_dataset is not None:
+                self.eval_dataset = self.with_reference_log_probs(self.eval_dataset, "eval")
+            self.reference = None  # no longer needed: release a copied reference model
+
+    def _collator(self, names: Sequence[str], precomputed: Sequence[str] = ()) -> CDACollator:
+        return CDACollator(self.encoder_inputs, self.target_builder, names, self.instruction_texts, precomputed)
+
+    # ---- log-probabilities -------------------------------------------------------------------------------
+
+    def role_log_probs(
+        self, encoder: nn.Module, names: Sequence[str], inputs: dict[str, torch.Tensor], distributions: bool = False
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        """Log-probs of ``names`` with one encoder pass (distinct rows) and one decoder pass (distinct pairs).
+
+        Returns the values by name ((B,) or (B, n)) and, when ``distributions``, a function mapping a name to
+        its (B, T, V) next-token log-distributions and target mask.
+        """
+        prefix = torch.cat([inputs[f"{name}.prefix_index"].flatten() for name in names])
+        target = torch.cat([inputs[f"{name}.target_index"].flatten() for name in names])
+        rows, row_of = prefix.unique(return_inverse=True)
+        states = encode(
+            encoder, inputs["input_ids"][rows], inputs["attention_mask"][rows], self.encoder_settings
+        ).compress_states
+        pairs, pair_of = torch.stack([row_of, target]).unique(dim=1, return_inverse=True)
+        target_ids, target_mask = inputs["target_ids"][pairs[1]], inputs["target_mask"][pairs[1]]
+        with self.frozen_decoder() as decoder:
+            scored = conditional_log_probs(decoder, states[pairs[0]], target_ids, target_mask, distributions)
+        per_pair = scored.mean if self.args.length_normalize else scored.sum
+        values, offsets, offset = {}, {}, 0
+        for name in names:
+            shape = inputs[f"{name}.prefix_index"].shape
+            index = pair_of[offset : offset + shape.numel()]
+            offsets[name] = index
+            offset += shape.numel()
+            value = per_pair[index].view(shape)
+            values[name] = value if log_prob_spec(name).per_negative else value.squeeze(1)
+
+        def distributions_of(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            index = offsets[name]
+            return scored.log_probs[index], target_mask[index]
+
+        return values, distributions_of
+
+    def reference_log_probs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The ``ref_*`` log-probs of a batch: precomputed columns, or one no-grad pass of the reference."""
+        if self.args.precompute_ref_log_probs:
+            return {name: inputs[name] for name in self.ref_names}
+        with torch.no_grad(), self.reference() as reference:
+            return self.role_log_probs(reference, self.ref_names, inputs)[0]
+
+    def compute_cda_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> CDALossOutput:
+        """Run policy and reference on a batch and combine them with :func:`strategy_loss`."""
+        policy_names = [name for name in self.log_prob_names if not name.startswith("ref_")]
+        divergence = self.args.similarity != "log_prob"
+        log_probs, distributions_of = self.role_log_probs(model, policy_names, inputs, distributions=divergence)
+        log_probs.update(self.reference_log_probs(inputs))
+        s1_override = None
+        if divergence:
+            query_conditioned, mask = distributions_of("policy_pos_next")
+            self_conditioned, _ = distributions_of("policy_pos_self")
+            s1_override = divergence_alignment_score(
+                query_conditioned, self_conditioned, mask, self.args.similarity, self.args.beta, self.args.bound
+            )
+        output = strategy_loss(
+            self.args.strategy,
+            log_probs,
+            beta=self.args.beta,
+            temperature=self.args.temperature,
+            bound=self.args.bound,
+            reference_sign=self.args.reference_sign,
+            s1_override=s1_override,
+        )
+        self.record_metrics(
+            {
+                "s1": output.s1.mean(),
+                "s2": output.s2.mean(),
+                "rewards/margins": output.reward_margins.mean(),
+                "rewards/accuracies": (output.reward_margins > 0).float().mean(),
+                "logps/positive": log_probs["policy_pos_next"].mean(),
+                "logps/negative": log_probs["policy_neg_next"].mean(),
+                "logps/alignment_gap": output.alignment_gap.mean(),
+            }
+        )
+        return output
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, CDALossOutput]:
+        """The CDA loss of the batch (mean over queries)."""
+        output = self.compute_cda_loss(self.accelerator.unwrap_model(model), inputs)
+        self.check_finite(output.loss)
+        return (output.loss, output) if return_outputs else output.loss
+
+    # ---- precomputed reference log-probs -------------------------------------------------------------------
+
+    def _reference_cache_file(self, dataset: Dataset) -> Path:
+        modules = [self.model] if self.reference.model is None else [self.reference.model]
+        if self.frozen_decoder.decoder is not None:
+            modules.append(self.frozen_decoder.decoder)
+        settings = {
+            "names": self.ref_names,
+            "instructions": self.instruction_texts,
+            "length_normalize": self.args.length_normalize,
+            "max_target_length": self.args.max_target_length,
+            "encoder": self.encoder_settings.__dict__,
+        }
+        key = hashlib.sha256(
+            json.dumps([dataset._fingerprint, weights_fingerprint(modules), settings], sort_keys=True).encode()
+        ).hexdigest()[:24]
+        folder = Path(self.args.ref_log_probs_cache_dir or cache_dir() / "ref_log_probs")
+        return folder / f"{key}.json"
+
+    def with_reference_log_probs(self, dataset: Dataset, split: str) -> Dataset:
+        """``dataset`` with one column per ``ref_*`` name: read from the disk cache, or computed in one pass."""
+        cache_file = self._reference_cache_file(dataset)
+        if cache_file.is_file():
+            logger.info("Reusing reference log-probs from %s.", cache_file)
+            columns = json.loads(cache_file.read_text())
+        else:
+            columns = {name: [] for name in self.ref_names}
+            loader = DataLoader(
+                dataset,
+                batch_size=self.args.per_device_eval_batch_size,
+                collate_fn=self._collator(self.ref_names),
+                shuffle=False,
+            )
+            for batch in tqdm(loader, desc=f"Reference log-probs ({split})", disable=not self.is_local_process_zero()):
+                batch = self._prepare_inputs(batch)
+                with torch.no_grad(), self.reference() as reference:
+                    values = self.role_log_probs(reference, self.ref_names, batch)[0]
+                for name, value in values.items():
+                    columns[name].extend(value.float().cpu().tolist())
+            if self.args.should_save:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                staging = cache_file.with_suffix(".tmp")
+                staging.write_text(json.dumps(columns))
+                os.replace(staging, cache_file)
+        for name, values in columns.items():
+            if name in dataset.column_names:
+                dataset = dataset.remove_columns(name)
+            dataset = dataset.add_column(name, values)
+        return dataset
