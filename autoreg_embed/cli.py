@@ -92,19 +92,39 @@ def parse_stage_arguments(dataclass_types: Sequence[type], argv: Sequence[str], 
     return tuple(parsed)
 
 
-def run_compress(argv: Sequence[str]) -> None:
-    """Stage 1: information compression."""
+def _load_data(data_args: DataArguments, stage: str) -> tuple[Any, Any]:
     from autoreg_embed.data.loading import load_rows
+
+    train_dataset = load_rows(resolve_data_path(data_args.train_file, stage))
+    if data_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+    eval_dataset = load_rows(data_args.eval_file) if data_args.eval_file else None
+    return train_dataset, eval_dataset
+
+
+def _train_and_report(trainer: Any, title: str) -> None:
+    """Train (resuming if asked), save, print the loss curve and truncation counts, and plot the curve."""
     from autoreg_embed.reporting import format_loss_curve, plot_loss_curve
+
+    config = trainer.args
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    print(format_loss_curve(trainer.state.log_history))
+    plot = plot_loss_curve(trainer.state.log_history, Path(config.output_dir) / "loss_curve.png", title)
+    print(f"Saved the encoder to {config.output_dir}" + (f"; loss plot: {plot}" if plot else ""))
+    truncated = dict(trainer.data_collator.truncations)
+    if truncated:
+        print(f"Truncated during training (counts): {truncated}")
+
+
+def run_compress(argv: Sequence[str]) -> None:
+    """Stage 1: information compression (rows: context, instruction, target)."""
     from autoreg_embed.trainers import CompressionConfig, CompressionTrainer
 
     model_args, data_args, config = parse_stage_arguments(
         (ModelArguments, DataArguments, CompressionConfig), argv, "autoreg-embed compress"
     )
-    train_dataset = load_rows(resolve_data_path(data_args.train_file, "compression"))
-    if data_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
-    eval_dataset = load_rows(data_args.eval_file) if data_args.eval_file else None
+    train_dataset, eval_dataset = _load_data(data_args, "compression")
     trainer = CompressionTrainer(
         model=model_args.model_name_or_path,
         args=config,
@@ -112,17 +132,28 @@ def run_compress(argv: Sequence[str]) -> None:
         eval_dataset=eval_dataset,
         peft_config=model_args.peft_config(),
     )
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
-    print(format_loss_curve(trainer.state.log_history))
-    plot = plot_loss_curve(trainer.state.log_history, Path(config.output_dir) / "loss_curve.png", "compression")
-    truncated = dict(trainer.data_collator.truncations)
-    print(f"Saved the encoder to {config.output_dir}" + (f"; loss plot: {plot}" if plot else ""))
-    if truncated:
-        print(f"Truncated during training (counts): {truncated}")
+    _train_and_report(trainer, "compression")
 
 
-STAGES: dict[str, Callable[[Sequence[str]], None]] = {"compress": run_compress}
+def run_align(argv: Sequence[str]) -> None:
+    """Stage 2: conditional distribution alignment (rows: query, pos, neg); start from a stage-1 checkpoint."""
+    from autoreg_embed.trainers import CDAConfig, CDATrainer
+
+    model_args, data_args, config = parse_stage_arguments(
+        (ModelArguments, DataArguments, CDAConfig), argv, "autoreg-embed align"
+    )
+    train_dataset, eval_dataset = _load_data(data_args, "cda")
+    trainer = CDATrainer(
+        model=model_args.model_name_or_path,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=model_args.peft_config(),
+    )
+    _train_and_report(trainer, "conditional distribution alignment")
+
+
+STAGES: dict[str, Callable[[Sequence[str]], None]] = {"compress": run_compress, "align": run_align}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -132,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="autoreg-embed",
         description="Train decoder LLMs into embedding models (AutoRegEmbed). Run 'autoreg-embed STAGE --help'.",
     )
-    parser.add_argument("stage", choices=sorted(STAGES), help="compress: stage 1, information compression.")
+    parser.add_argument(
+        "stage",
+        choices=sorted(STAGES),
+        help="compress: stage 1, information compression; align: stage 2, conditional distribution alignment.",
+    )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return

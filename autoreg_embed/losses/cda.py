@@ -177,7 +177,7 @@ def info_nce_from_scores(s1: Tensor, s2: Tensor, temperature: float) -> Tensor:
     if rest.shape[0] != first.shape[0]:
         raise ValueError(f"s2 has shape {tuple(rest.shape)} but s1 has shape {tuple(s1.shape)}.")
     logits = torch.cat([first, rest], dim=1) / temperature
-    return torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
 
 
 def divergence_alignment_score(
