@@ -6,8 +6,12 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 
-QUICKSTART_FILES = {"compression": _HERE / "quickstart_compression.jsonl"}
-"""Built-in example sets by stage: 48 invented (context, instruction, target) rows about fictional towns."""
+QUICKSTART_FILES = {
+    "compression": _HERE / "quickstart_compression.jsonl",
+    "cda": _HERE / "quickstart_nli.jsonl",
+}
+"""Built-in example sets by stage: 48 invented (context, instruction, target) rows about fictional towns, and 32
+(query, pos, neg) sentence triplets (an entailed and a contradicted sentence per premise)."""
 
 
 def resolve_data_path(name: str, stage: str) -> str:
