@@ -83,6 +83,8 @@ def _convert_gguf(gguf_file: Path, destination: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if _is_complete(destination):  # another process (e.g. another rank) finished first: keep its copy
+            return
         if destination.exists():  # an incomplete earlier attempt
             shutil.rmtree(destination)
         os.replace(staging, destination)

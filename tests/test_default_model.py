@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_public_names():
 def test_other_names_are_returned_unchanged(name, fake_cache):
     _, _, calls = fake_cache
     assert resolve_model_name_or_path(name) == name
-    assert resolve_model_name_or_path(Path("/abs/path")) == "/abs/path"
+    assert resolve_model_name_or_path(Path(name)) == str(Path(name))
     assert calls == []
 
 

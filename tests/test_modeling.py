@@ -68,7 +68,7 @@ def tiny_encoder(architecture, tokenizer, settings, seed=0):
 
 def target_batch(tokenizer, texts=TARGETS):
     """Right-padded target ids with EOS appended, plus the unpadded lists."""
-    rows = [ids_of(tokenizer, text) + [tokenizer.eos_token_id] for text in texts]
+    rows = [[*ids_of(tokenizer, text), tokenizer.eos_token_id] for text in texts]
     assert len({len(row) for row in rows}) == len(rows), "targets must have different lengths"
     return rows, pad_sequences(rows, tokenizer.pad_token_id, "right")
 
@@ -211,9 +211,8 @@ def test_builder_default_layout(tokenizer, settings_with_tokens):
     assert compress == [49152, 49153, 49154, 49155, 49156]  # appended after SmolLM2's 49152 tokens
     row = builder.build(["Hello world"], "Represent it")[0]
     assert row == [1, 19556, 905, 198, 38932, 357, *compress]  # <|im_start|> Hello ␣world \n Represent ␣it
-    assert row == [tokenizer.bos_token_id, *ids_of(tokenizer, "Hello world"), *ids_of(tokenizer, "\nRepresent it")] + (
-        compress
-    )
+    text, suffix = ids_of(tokenizer, "Hello world"), ids_of(tokenizer, "\nRepresent it")
+    assert row == [tokenizer.bos_token_id, *text, *suffix, *compress]
     assert builder.truncations == {}
 
 
@@ -248,13 +247,13 @@ def test_builder_does_not_parse_special_tokens_in_user_text(tokenizer, settings_
     builder = EncoderInputBuilder(tokenizer, settings_with_tokens)
     compress = compress_token_ids(tokenizer, settings_with_tokens)
     text = "a <EMBED0> b <|im_end|> c <|im_start|>"
-    row = builder.build([text], "Say <EMBED1>")[0]
+    row = builder.build([text], "Say it")[0]
     body = row[1 : -len(compress)]
     assert row[0] == tokenizer.bos_token_id
     assert row[-len(compress) :] == compress
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, *compress}
     assert not special & set(body), "a literal special-token string in user text became a special token"
-    assert tokenizer.decode(body) == text + "\nSay <EMBED1>"
+    assert tokenizer.decode(body) == text + "\nSay it"
 
 
 def test_builder_truncates_text_and_keeps_compress_tokens(tokenizer):
@@ -274,9 +273,8 @@ def test_builder_truncates_text_and_keeps_compress_tokens(tokenizer):
     assert builder.truncations["text"] == 3
     # The instruction part ("\n" + instruction) is cut to max_instruction_length and counted separately.
     row = builder.build(["Short."], "Summarise the text please.")[0]
-    assert row == [tokenizer.bos_token_id, *ids_of(tokenizer, "Short."), *ids_of(tokenizer, "\nSummarise")[:2]] + (
-        compress
-    )
+    kept = ids_of(tokenizer, "\nSummarise the text please.")[:2]
+    assert row == [tokenizer.bos_token_id, *ids_of(tokenizer, "Short."), *kept, *compress]
     assert builder.truncations["instruction"] == 1
 
 
@@ -432,10 +430,6 @@ def test_add_compress_tokens_errors(tokenizer):
         add_compress_tokens(model, tokenizer, settings)
 
 
-@pytest.mark.xfail(
-    reason="add_compress_tokens with num_compress_tokens=0 calls max() on an empty id list (encoder.py:132)",
-    strict=True,
-)
 def test_add_compress_tokens_with_zero_tokens_is_a_no_op(tokenizer):
     settings = EncoderSettings(num_compress_tokens=0, pooling="last")
     model = make_tiny_model("llama", tokenizer)
@@ -534,6 +528,12 @@ def test_encode_without_normalization_and_short_rows(tokenizer):
     short = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.tensor([[0, 0, 1]])}
     with pytest.raises(ValueError, match="shorter than the compress tokens"):
         encode(model, short["input_ids"], short["attention_mask"], settings)
+    # With k = 0 an empty row (empty text, no BOS, no template text) has no token to pool.
+    prompt = EncoderSettings(num_compress_tokens=0, pooling="last", add_bos=False)
+    empty = EncoderInputBuilder(tokenizer, prompt)(["", "Hello"])
+    assert empty["attention_mask"].sum(dim=1).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="empty"):
+        encode(model, empty["input_ids"], empty["attention_mask"], prompt)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -571,7 +571,8 @@ def test_conditional_log_probs_right_padding_invariance_and_mean(tokenizer):
     prefix = random_prefix(len(rows), 4, 32, seed=3)
     with torch.no_grad():
         out = conditional_log_probs(decoder, prefix, targets["input_ids"], targets["attention_mask"])
-        wider = pad_sequences(rows + [[5] * (len(max(rows, key=len)) + 6)], tokenizer.pad_token_id)
+        longest = max(len(row) for row in rows)
+        wider = pad_sequences([*rows, [5] * (longest + 6)], tokenizer.pad_token_id)
         wide_prefix = torch.cat([prefix, random_prefix(1, 4, 32, seed=4)])
         wide = conditional_log_probs(decoder, wide_prefix, wider["input_ids"], wider["attention_mask"])
         for b, row in enumerate(rows):
@@ -706,3 +707,24 @@ def test_peft_decoder_with_adapters_disabled_equals_frozen_copy(tokenizer):
     # With the adapters on (after the context exits) the numbers differ, so the comparison above can fail.
     assert (adapted.token_log_probs - expected.token_log_probs).abs().max() > 1e-3
     assert (adapted_encoding.compress_states - expected_encoding.compress_states).abs().max() > 1e-3
+
+
+def test_peft_decoder_is_deterministic_while_the_encoder_trains(tokenizer):
+    peft = pytest.importorskip("peft")
+    model = make_tiny_model("gpt2", tokenizer)  # GPT-2 has dropout 0.1 (Llama and Qwen2 default to 0)
+    assert model.config.resid_pdrop > 0
+    reference = frozen_copy(model)
+    config = peft.LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
+    peft_model = peft.get_peft_model(model, config).train()  # as inside a Trainer step
+    frozen = FrozenDecoder(peft_model)
+    rows, targets = target_batch(tokenizer)
+    args = (random_prefix(len(rows), 3, 32, seed=8), targets["input_ids"], targets["attention_mask"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = conditional_log_probs(reference, *args)
+        with frozen() as decoder:
+            first = conditional_log_probs(decoder, *args)
+            second = conditional_log_probs(decoder, *args)
+    assert peft_model.training, "the encoder's train mode must be restored after the decoder pass"
+    torch.testing.assert_close(first.token_log_probs, second.token_log_probs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(first.token_log_probs, expected.token_log_probs, rtol=0, atol=1e-6)

@@ -118,5 +118,16 @@ class FrozenDecoder:
         if self.decoder is not None:
             yield self.decoder
             return
-        with self.encoder.disable_adapter():
+        with self.encoder.disable_adapter(), eval_mode(self.encoder):
             yield self.encoder
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode (no dropout: a frozen role must be deterministic), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -120,6 +120,8 @@ def add_compress_tokens(
     it again with the same settings is a no-op that returns the ids.
     """
     tokens = settings.compress_tokens
+    if not tokens:  # prompt baselines (k = 0) have nothing to add
+        return []
     vocab = tokenizer.get_vocab()
     present = [token for token in tokens if token in vocab]
     if present and len(present) < len(tokens):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from autoreg_embed.modeling.decoder import frozen_copy, is_peft_model
+from autoreg_embed.modeling.decoder import eval_mode, frozen_copy, is_peft_model
 
 
 def trainable_adapters(model: nn.Module) -> list[str]:
@@ -56,7 +56,7 @@ class ReferenceEncoder:
             yield self.model
             return
         if not self.frozen_adapters:
-            with self.policy.disable_adapter():
+            with self.policy.disable_adapter(), eval_mode(self.policy):
                 yield self.policy
             return
         # base + frozen stage-1 adapter(s): switch the active set, then restore it and its trainability
@@ -65,7 +65,8 @@ class ReferenceEncoder:
         trainable = {name for name, p in self.policy.named_parameters() if p.requires_grad}
         base.set_adapter(self.frozen_adapters)
         try:
-            yield self.policy
+            with eval_mode(self.policy):
+                yield self.policy
         finally:
             base.set_adapter(active)
             for name, parameter in self.policy.named_parameters():

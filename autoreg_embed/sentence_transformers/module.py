@@ -115,8 +115,8 @@ class AutoRegEmbedModule(InputModule):
         """
         texts = list(inputs)
         wrong = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
-        if wrong:
-            raise TypeError(f"AutoRegEmbedModule embeds strings only, got {wrong}.")
+        if wrong:  # not a TypeError: on one, sentence-transformers retries with the prompt prepended to the text
+            raise ValueError(f"AutoRegEmbedModule embeds strings only, got {wrong}.")
         if prompt and "{instruction}" not in self._settings.template:
             raise ValueError(
                 f"The template {self._settings.template!r} has no {{instruction}} slot, so the prompt {prompt!r} "
