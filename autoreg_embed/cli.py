@@ -153,7 +153,72 @@ def run_align(argv: Sequence[str]) -> None:
     _train_and_report(trainer, "conditional distribution alignment")
 
 
-STAGES: dict[str, Callable[[Sequence[str]], None]] = {"compress": run_compress, "align": run_align}
+@dataclass
+class EvaluateArguments:
+    """What to evaluate: a saved checkpoint (or, with --baseline, any causal LM as an untrained baseline)."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Checkpoint folder (also the first positional argument)."}
+    )
+    sts: str | None = field(default=None, metadata={"help": "STS JSONL file (sentence1, sentence2, score)."})
+    sts_limit: int | None = field(default=None, metadata={"help": "Use only the first N STS pairs."})
+    retrieval: str | None = field(
+        default=None, metadata={"help": "BEIR-style folder (corpus.jsonl, queries.jsonl, qrels.tsv)."}
+    )
+    mteb: str | None = field(default=None, metadata={"help": "Comma-separated mteb task names (needs hub access)."})
+    baseline: str | None = field(
+        default=None, metadata={"help": "Evaluate the model untrained with this pooling: last, mean or eos."}
+    )
+    template: str = field(default="{text}", metadata={"help": "Baseline input template with {text}, e.g. PromptEOL's."})
+    batch_size: int = field(default=32, metadata={"help": "Encoding batch size."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder whose eval/ subfolder gets the JSON (default: the model, or ./baselines/NAME)."},
+    )
+
+
+def run_evaluate(argv: Sequence[str]) -> None:
+    """Evaluate a model on offline STS / retrieval data and/or mteb tasks; write JSON and print a summary."""
+    from autoreg_embed.evaluation import (
+        evaluate_mteb,
+        evaluate_retrieval,
+        evaluate_sts,
+        format_summary,
+        write_results,
+    )
+    from autoreg_embed.sentence_transformers import baseline, load
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--model_name_or_path", argv[0], *argv[1:]]
+    (args,) = parse_stage_arguments((EvaluateArguments,), argv, "autoreg-embed evaluate")
+    if not (args.sts or args.retrieval or args.mteb):
+        raise SystemExit("autoreg-embed evaluate: give at least one of --sts, --retrieval, --mteb.")
+    if args.baseline:
+        model = baseline(args.model_name_or_path, args.baseline, args.template)
+        default_output = Path("baselines") / Path(args.model_name_or_path).name.replace(":", "_")
+    else:
+        model = load(args.model_name_or_path)
+        default_output = Path(args.model_name_or_path)
+    output = Path(args.output_dir) if args.output_dir else default_output
+    output.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    if args.sts:
+        results["sts"] = evaluate_sts(model, args.sts, batch_size=args.batch_size, limit=args.sts_limit)
+    if args.retrieval:
+        results["retrieval"] = evaluate_retrieval(model, args.retrieval, batch_size=args.batch_size)
+    if args.mteb:
+        tasks = [name.strip() for name in args.mteb.split(",") if name.strip()]
+        results["mteb"] = evaluate_mteb(model, tasks, batch_size=args.batch_size)
+    name = "baseline-" + args.baseline if args.baseline else "results"
+    path = write_results(results, output, name)
+    print(f"{args.model_name_or_path}: {format_summary(results)} (written to {path})")
+
+
+STAGES: dict[str, Callable[[Sequence[str]], None]] = {
+    "compress": run_compress,
+    "align": run_align,
+    "evaluate": run_evaluate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -166,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "stage",
         choices=sorted(STAGES),
-        help="compress: stage 1, information compression; align: stage 2, conditional distribution alignment.",
+        help="compress: stage 1 (information compression); align: stage 2 (conditional distribution alignment); "
+        "evaluate: STS / retrieval / mteb scores of a model.",
     )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
