@@ -21,6 +21,8 @@ from sentence_transformers import SentenceTransformer
 
 import autoreg_embed
 from autoreg_embed import (
+    CDAConfig,
+    CDATrainer,
     CompressionConfig,
     CompressionTrainer,
     EncoderInputBuilder,
@@ -29,6 +31,7 @@ from autoreg_embed import (
     encode,
     export_sentence_transformer,
 )
+from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS
 from autoreg_embed.modeling.inputs import compress_token_ids
 from autoreg_embed.sentence_transformers import DEFAULT_PROMPTS, PROMPTEOL_TEMPLATE, AutoRegEmbedModule, baseline
 
@@ -282,6 +285,7 @@ def test_compression_trainer_save_loads_as_sentence_transformer(tokenizer, tmp_p
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        dataloader_pin_memory=False,
     )
     trainer = CompressionTrainer(
         model=make_tiny_model("llama", tokenizer),
@@ -304,3 +308,23 @@ def test_compression_trainer_save_loads_as_sentence_transformer(tokenizer, tmp_p
     again.save_model(str(tmp_path / "stage1b"))
     card = (tmp_path / "stage1b" / "README.md").read_text(encoding="utf-8")
     assert "1. CompressionTrainer\n2. CompressionTrainer" in card
+
+
+def test_cda_trainer_save_stores_its_instructions_as_prompts(tokenizer, tmp_path):
+    args = CDAConfig(
+        output_dir=str(tmp_path / "run"), num_compress_tokens=2, instructions="retrieval", report_to="none"
+    )
+    trainer = CDATrainer(model=make_tiny_model("llama", tokenizer), args=args, processing_class=tokenizer)
+    trainer.save_model(str(tmp_path / "stage2"))
+    instructions = INSTRUCTION_PRESETS["retrieval"]
+    st = load_st(tmp_path / "stage2", "helper")
+    assert st.prompts == {"query": instructions["next"], "document": instructions["self"]}
+    expected = in_memory(trainer.model.eval(), tokenizer, trainer.encoder_settings, TEXTS, instructions["next"])
+    assert_close(st.encode_query(TEXTS, convert_to_tensor=True), expected)
+    assert "1. CDATrainer" in (tmp_path / "stage2" / "README.md").read_text(encoding="utf-8")
+
+
+def test_an_empty_input_row_is_an_error_not_a_pad_state(base_model_dir):
+    st = baseline(base_model_dir, "last", add_bos=False, device="cpu")  # template "{text}": "" has no tokens at all
+    with pytest.raises(ValueError, match="empty"):
+        st.encode([""])

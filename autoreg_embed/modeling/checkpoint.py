@@ -58,6 +58,11 @@ def load_encoder(path: str | os.PathLike, dtype: str | torch.dtype | None = None
         return LoadedEncoder(load_causal_lm(path, dtype, **model_kwargs).eval(), tokenizer, settings)
     from peft import PeftModel
 
+    if not settings.base_model_name_or_path:
+        raise ValueError(
+            f"{path} holds a PEFT adapter but records no base model to apply it to. Save a merged checkpoint with "
+            "autoreg_embed.export_sentence_transformer(model, tokenizer, settings, output_dir) instead."
+        )
     base = load_causal_lm(settings.base_model_name_or_path, dtype, **model_kwargs)
     if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
