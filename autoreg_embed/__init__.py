@@ -11,7 +11,14 @@ from autoreg_embed.modeling import (
 )
 from autoreg_embed.modeling.checkpoint import LoadedEncoder, load_encoder
 from autoreg_embed.sentence_transformers import AutoRegEmbedModule, export_sentence_transformer, load
-from autoreg_embed.trainers import CDAConfig, CDATrainer, CompressionConfig, CompressionTrainer
+from autoreg_embed.trainers import (
+    CDAConfig,
+    CDATrainer,
+    CompressionConfig,
+    CompressionTrainer,
+    ContrastiveConfig,
+    ContrastiveTrainer,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -22,6 +29,8 @@ __all__ = [
     "CDATrainer",
     "CompressionConfig",
     "CompressionTrainer",
+    "ContrastiveConfig",
+    "ContrastiveTrainer",
     "EncoderInputBuilder",
     "EncoderSettings",
     "FrozenDecoder",

@@ -153,6 +153,24 @@ def run_align(argv: Sequence[str]) -> None:
     _train_and_report(trainer, "conditional distribution alignment")
 
 
+def run_contrastive(argv: Sequence[str]) -> None:
+    """The InfoNCE baseline (rows: query, pos, optional neg)."""
+    from autoreg_embed.trainers import ContrastiveConfig, ContrastiveTrainer
+
+    model_args, data_args, config = parse_stage_arguments(
+        (ModelArguments, DataArguments, ContrastiveConfig), argv, "autoreg-embed contrastive"
+    )
+    train_dataset, eval_dataset = _load_data(data_args, "cda")
+    trainer = ContrastiveTrainer(
+        model=model_args.model_name_or_path,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=model_args.peft_config(),
+    )
+    _train_and_report(trainer, "InfoNCE")
+
+
 @dataclass
 class EvaluateArguments:
     """What to evaluate: a saved checkpoint (or, with --baseline, any causal LM as an untrained baseline)."""
@@ -217,6 +235,7 @@ def run_evaluate(argv: Sequence[str]) -> None:
 STAGES: dict[str, Callable[[Sequence[str]], None]] = {
     "compress": run_compress,
     "align": run_align,
+    "contrastive": run_contrastive,
     "evaluate": run_evaluate,
 }
 
@@ -232,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "stage",
         choices=sorted(STAGES),
         help="compress: stage 1 (information compression); align: stage 2 (conditional distribution alignment); "
-        "evaluate: STS / retrieval / mteb scores of a model.",
+        "contrastive: the InfoNCE baseline; evaluate: STS / retrieval / mteb scores of a model.",
     )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()

@@ -16,23 +16,9 @@ from typing import Any
 import torch
 
 from autoreg_embed.data.collators import TargetBuilder
+from autoreg_embed.data.instructions import INSTRUCTION_PRESETS  # noqa: F401  (re-exported)
 from autoreg_embed.data.schema import DataValidationError, check_text, check_text_list
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-
-INSTRUCTION_PRESETS: dict[str, dict[str, str]] = {
-    "sts": {
-        "next": "This sentence means in one word: “",
-        "self": "This sentence means in one word: “",
-        "prev": "This sentence means in one word: “",
-    },
-    "retrieval": {
-        "next": 'Use one word to represent the query in a retrieval task. The word is: "',
-        "self": 'Use one word to represent the passage in a retrieval task. The word is: "',
-        "prev": 'Use one word to represent the passage in a retrieval task. The word is: "',
-    },
-}
-"""The paper's instructions: ``next`` (I_next, embed a query to generate its relevant text), ``self``
-(I_self, embed a text to regenerate itself), ``prev`` (I_prev, embed a text to generate its query)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from autoreg_embed.data.schema import check_text
+from autoreg_embed.data.schema import DataValidationError, check_text, check_text_list
 from autoreg_embed.modeling.inputs import EncoderInputBuilder, pad_sequences, tokenize_text
 
 logger = logging.getLogger(__name__)
@@ -76,4 +76,42 @@ class CompressionCollator:
         targets = [check_text(f["target"], "target", i) for i, f in enumerate(features)]
         batch = self.encoder_inputs(contexts, instructions, padding_side=self.padding_side)
         batch.update(self.targets(targets))
+        return batch
+
+
+class ContrastiveCollator:
+    """Rows with ``query``, ``pos`` and optionally ``neg`` (a string or a list) -> one encoder batch.
+
+    Queries get the ``query_instruction``, positives and negatives the ``document_instruction``. The rows come
+    out in the order queries (B), positives (B), negatives (B * n, row-major); ``num_negatives`` says n.
+    """
+
+    def __init__(
+        self,
+        encoder_inputs: EncoderInputBuilder,
+        query_instruction: str,
+        document_instruction: str,
+        padding_side: str = "right",
+    ) -> None:
+        self.encoder_inputs = encoder_inputs
+        self.query_instruction = query_instruction
+        self.document_instruction = document_instruction
+        self.padding_side = padding_side
+
+    @property
+    def truncations(self) -> Counter[str]:
+        """How many texts and instructions were truncated so far."""
+        return self.encoder_inputs.truncations
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        queries = [check_text(f["query"], "query", i) for i, f in enumerate(features)]
+        positives = [check_text(f["pos"], "pos", i) for i, f in enumerate(features)]
+        negatives = [check_text_list(f["neg"], "neg", i) if "neg" in f else [] for i, f in enumerate(features)]
+        counts = {len(row) for row in negatives}
+        if len(counts) > 1:
+            raise DataValidationError(f"Rows of one batch have different numbers of negatives {sorted(counts)}.")
+        documents = positives + [text for row in negatives for text in row]
+        instructions = [self.query_instruction] * len(queries) + [self.document_instruction] * len(documents)
+        batch = self.encoder_inputs(queries + documents, instructions, padding_side=self.padding_side)
+        batch["num_negatives"] = torch.tensor(counts.pop() if counts else 0)
         return batch

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,7 +18,12 @@ import torch
 from torch import nn
 from trl.trainer.utils import selective_log_softmax
 
+from autoreg_embed.default_model import resolve_model_name_or_path
+from autoreg_embed.modeling.checkpoint import load_causal_lm
 from autoreg_embed.modeling.encoder import last_hidden_states
+from autoreg_embed.modeling.settings import EncoderSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,8 +125,23 @@ class FrozenDecoder:
         if self.decoder is not None:
             yield self.decoder
             return
-        with self.encoder.disable_adapter(), eval_mode(self.encoder):
+        with preserved_trainability(self.encoder), self.encoder.disable_adapter(), eval_mode(self.encoder):
             yield self.encoder
+
+
+@contextlib.contextmanager
+def preserved_trainability(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every parameter's ``requires_grad`` on exit.
+
+    PEFT's ``disable_adapter()`` and ``set_adapter()`` mark all active adapters trainable again, which would
+    un-freeze a frozen stage-1 adapter.
+    """
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    try:
+        yield model
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trainable)
 
 
 @contextlib.contextmanager
@@ -131,3 +153,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def original_decoder(model: nn.Module, settings: EncoderSettings, decoder: nn.Module | None) -> FrozenDecoder:
+    """The frozen *original* LLM (the decoder of both stages), from the cheapest correct source.
+
+    An explicit ``decoder`` wins. If ``model`` (or a PEFT model's base) is not the original recorded in the
+    settings, e.g. a fully fine-tuned stage-1 checkpoint, the original is loaded from
+    ``settings.base_model_name_or_path`` (the decoder, unlike the reference, *is* the original). Otherwise the
+    model's own weights serve, with adapters disabled (PEFT) or as a frozen copy.
+    """
+    if decoder is None and settings.base_model_name_or_path:
+        own = (model.get_base_model() if is_peft_model(model) else model).name_or_path
+        original = resolve_model_name_or_path(settings.base_model_name_or_path)
+        if os.path.normpath(resolve_model_name_or_path(own)) != os.path.normpath(original):
+            logger.info("Loading the original LLM %s as the frozen decoder.", settings.base_model_name_or_path)
+            decoder = load_causal_lm(settings.base_model_name_or_path, next(model.parameters()).dtype)
+    return FrozenDecoder(model, decoder)

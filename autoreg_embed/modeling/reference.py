@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from autoreg_embed.modeling.decoder import eval_mode, frozen_copy, is_peft_model
+from autoreg_embed.modeling.decoder import eval_mode, frozen_copy, is_peft_model, preserved_trainability
 
 
 def trainable_adapters(model: nn.Module) -> list[str]:
@@ -47,7 +47,7 @@ class ReferenceEncoder:
 
     @property
     def kind(self) -> str:
-        """``"explicit"/"copy"`` (a separate model), or ``"adapter"`` (the policy's weights, adapter off)."""
+        """``"model"`` (a separate frozen model: explicit or a copy), or ``"adapter"`` (the policy, adapter off)."""
         return "adapter" if self.model is None else "model"
 
     @contextlib.contextmanager
@@ -56,18 +56,16 @@ class ReferenceEncoder:
             yield self.model
             return
         if not self.frozen_adapters:
-            with self.policy.disable_adapter(), eval_mode(self.policy):
+            with preserved_trainability(self.policy), self.policy.disable_adapter(), eval_mode(self.policy):
                 yield self.policy
             return
         # base + frozen stage-1 adapter(s): switch the active set, then restore it and its trainability
         base = self.policy.base_model
         active = list(base.active_adapters)
-        trainable = {name for name, p in self.policy.named_parameters() if p.requires_grad}
-        base.set_adapter(self.frozen_adapters)
-        try:
-            with eval_mode(self.policy):
-                yield self.policy
-        finally:
-            base.set_adapter(active)
-            for name, parameter in self.policy.named_parameters():
-                parameter.requires_grad_(name in trainable)
+        with preserved_trainability(self.policy):
+            base.set_adapter(self.frozen_adapters)
+            try:
+                with eval_mode(self.policy):
+                    yield self.policy
+            finally:
+                base.set_adapter(active)

@@ -17,7 +17,7 @@ from sentence_transformers.util import load_file_path
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS
+from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
 from autoreg_embed.default_model import DEFAULT_MODEL
 from autoreg_embed.modeling.checkpoint import ADAPTER_CONFIG_FILE, load_causal_lm, load_tokenizer
 from autoreg_embed.modeling.decoder import is_peft_model

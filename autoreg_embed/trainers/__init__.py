@@ -6,6 +6,8 @@ from autoreg_embed.trainers.cda_config import CDAConfig
 from autoreg_embed.trainers.cda_trainer import CDATrainer
 from autoreg_embed.trainers.compression_config import CompressionConfig
 from autoreg_embed.trainers.compression_trainer import CompressionTrainer
+from autoreg_embed.trainers.contrastive_config import ContrastiveConfig
+from autoreg_embed.trainers.contrastive_trainer import ContrastiveTrainer
 
 __all__ = [
     "AutoRegTrainer",
@@ -13,5 +15,7 @@ __all__ = [
     "CDATrainer",
     "CompressionConfig",
     "CompressionTrainer",
+    "ContrastiveConfig",
+    "ContrastiveTrainer",
     "EncoderTrainingConfig",
 ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
 from autoreg_embed.modeling.settings import POOLING_METHODS, EncoderSettings
 
 INSTRUCTION_TEMPLATES = {
@@ -66,3 +67,29 @@ class EncoderTrainingConfig(TrainingArguments):
             max_instruction_length=self.max_instruction_length,
             base_model_name_or_path=base_model_name_or_path,
         )
+
+
+@dataclass
+class InstructionTrainingConfig(EncoderTrainingConfig):
+    """Adds the task instructions (a preset, single entries overridable) of trainers that embed text pairs."""
+
+    instructions: str = field(
+        default="sts", metadata={"help": f"Instruction preset: {sorted(INSTRUCTION_PRESETS)}; custom ones override."}
+    )
+    instruction_next: str | None = field(default=None, metadata={"help": "Custom I_next (query -> relevant text)."})
+    instruction_self: str | None = field(default=None, metadata={"help": "Custom I_self (text -> itself)."})
+    instruction_prev: str | None = field(default=None, metadata={"help": "Custom I_prev (text -> its query)."})
+
+    def __post_init__(self) -> None:
+        if self.instructions not in INSTRUCTION_PRESETS:
+            raise ValueError(f"instructions must be one of {list(INSTRUCTION_PRESETS)}, got {self.instructions!r}.")
+        super().__post_init__()
+
+    def instruction_texts(self) -> dict[str, str]:
+        """The ``next`` / ``self`` / ``prev`` instructions: the preset, overridden by the custom strings."""
+        texts = dict(INSTRUCTION_PRESETS[self.instructions])
+        for key in texts:
+            custom = getattr(self, f"instruction_{key}")
+            if custom is not None:
+                texts[key] = custom
+        return texts

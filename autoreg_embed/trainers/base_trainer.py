@@ -42,7 +42,7 @@ def prepare_encoder(
     A model that already carries autoreg-embed settings (a saved stage-1 checkpoint) keeps them; a different
     ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch.
     """
-    name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None)
+    name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None) or None
     base_name = DEFAULT_MODEL if model is None else name
     if model is None or isinstance(model, str):
         model = load_causal_lm(model, args.model_dtype)
@@ -138,7 +138,7 @@ class AutoRegTrainer(Trainer):
         averaged = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
         if mode == "eval":
             averaged = {f"eval_{key}": value for key, value in averaged.items()}
-        logs = {**logs, **averaged}
+        logs.update(averaged)  # in place: evaluate() returns this dict
         self._metrics[mode].clear()
         super().log(logs, start_time)
 

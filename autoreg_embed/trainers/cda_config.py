@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS
 from autoreg_embed.losses.cda import BOUNDS, DIVERGENCES, REFERENCE_SIGNS, STRATEGY_LOG_PROBS
-from autoreg_embed.trainers.base_config import EncoderTrainingConfig
+from autoreg_embed.trainers.base_config import InstructionTrainingConfig
 
 SIMILARITIES = ("log_prob", *DIVERGENCES)
 
 
 @dataclass
-class CDAConfig(EncoderTrainingConfig):
+class CDAConfig(InstructionTrainingConfig):
     """Options of :class:`~autoreg_embed.CDATrainer` (paper defaults: beta 0.1, tau 0.05, lr 5e-6, 4 epochs).
 
     Equations and the meaning of every option: ``docs/cda.md``.
@@ -35,12 +34,6 @@ class CDAConfig(EncoderTrainingConfig):
         default="paper",
         metadata={"help": f"{REFERENCE_SIGNS}: 'official' adds the reference log-ratio as the reference code does."},
     )
-    instructions: str = field(
-        default="sts", metadata={"help": f"Instruction preset: {sorted(INSTRUCTION_PRESETS)}; custom ones override."}
-    )
-    instruction_next: str | None = field(default=None, metadata={"help": "Custom I_next (query -> relevant text)."})
-    instruction_self: str | None = field(default=None, metadata={"help": "Custom I_self (text -> itself)."})
-    instruction_prev: str | None = field(default=None, metadata={"help": "Custom I_prev (text -> its query)."})
     max_target_length: int = field(default=512, metadata={"help": "Max tokens of each decoded text (+ EOS)."})
     precompute_ref_log_probs: bool = field(
         default=False,
@@ -58,7 +51,6 @@ class CDAConfig(EncoderTrainingConfig):
             "bound": (self.bound, BOUNDS),
             "similarity": (self.similarity, SIMILARITIES),
             "reference_sign": (self.reference_sign, REFERENCE_SIGNS),
-            "instructions": (self.instructions, tuple(INSTRUCTION_PRESETS)),
             "strategy": (self.strategy, tuple(STRATEGY_LOG_PROBS)),
         }
         for option, (value, valid) in choices.items():
@@ -73,12 +65,3 @@ class CDAConfig(EncoderTrainingConfig):
         if self.max_target_length < 1:
             raise ValueError(f"max_target_length must be >= 1, got {self.max_target_length}.")
         super().__post_init__()
-
-    def instruction_texts(self) -> dict[str, str]:
-        """The ``next`` / ``self`` / ``prev`` instructions: the preset, overridden by the custom strings."""
-        texts = dict(INSTRUCTION_PRESETS[self.instructions])
-        for key in texts:
-            custom = getattr(self, f"instruction_{key}")
-            if custom is not None:
-                texts[key] = custom
-        return texts

@@ -19,35 +19,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from autoreg_embed.data.cda_collator import CDACollator, log_prob_spec
 from autoreg_embed.data.collators import TargetBuilder
-from autoreg_embed.default_model import cache_dir, resolve_model_name_or_path
+from autoreg_embed.default_model import cache_dir
 from autoreg_embed.losses.cda import STRATEGY_LOG_PROBS, CDALossOutput, divergence_alignment_score, strategy_loss
-from autoreg_embed.modeling.checkpoint import load_causal_lm
-from autoreg_embed.modeling.decoder import FrozenDecoder, conditional_log_probs, is_peft_model
+from autoreg_embed.modeling.decoder import conditional_log_probs, original_decoder
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
 from autoreg_embed.modeling.reference import ReferenceEncoder
-from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer, prepare_encoder, validate_dataset
 from autoreg_embed.trainers.cda_config import CDAConfig
 
 logger = logging.getLogger(__name__)
-
-
-def original_decoder(model: nn.Module, settings: EncoderSettings, decoder: nn.Module | None) -> FrozenDecoder:
-    """The frozen *original* LLM (the decoder of both stages), from the cheapest correct source.
-
-    An explicit ``decoder`` wins. If ``model`` (or a PEFT model's base) is not the original recorded in the
-    settings, e.g. a fully fine-tuned stage-1 checkpoint, the original is loaded from
-    ``settings.base_model_name_or_path`` (the decoder, unlike the reference, *is* the original). Otherwise the
-    model's own weights serve, with adapters disabled (PEFT) or as a frozen copy.
-    """
-    if decoder is None and settings.base_model_name_or_path:
-        own = (model.get_base_model() if is_peft_model(model) else model).name_or_path
-        original = resolve_model_name_or_path(settings.base_model_name_or_path)
-        if os.path.normpath(resolve_model_name_or_path(own)) != os.path.normpath(original):
-            logger.info("Loading the original LLM %s as the frozen decoder.", settings.base_model_name_or_path)
-            decoder = load_causal_lm(settings.base_model_name_or_path, next(model.parameters()).dtype)
-    return FrozenDecoder(model, decoder)
 
 
 def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
@@ -144,7 +125,23 @@ class CDATrainer(AutoRegTrainer):
             self.train_dataset = self.with_reference_log_probs(self.train_dataset, "train")
             if self.eval_dataset is not None:
                 self.eval_dataset = self.with_reference_log_probs(self.eval_dataset, "eval")
-            self.reference = None  # no longer needed: release a copied reference model
+            if self.reference.kind == "model":
+                self.reference = None  # no longer needed: release the separate reference model
+
+    def get_eval_dataloader(self, eval_dataset: Dataset | str | None = None) -> DataLoader:
+        """With precomputed reference log-probs, a dataset passed to ``evaluate`` gets its columns first."""
+        if (
+            self.args.precompute_ref_log_probs
+            and isinstance(eval_dataset, Dataset)
+            and not set(self.ref_names) <= set(eval_dataset.column_names)
+        ):
+            if self.reference is None:
+                raise ValueError(
+                    "This dataset has no precomputed reference log-probs and the reference model was released "
+                    "after precomputing. Pass it as eval_dataset when creating the trainer, or pass ref_model."
+                )
+            eval_dataset = self.with_reference_log_probs(eval_dataset, "eval")
+        return super().get_eval_dataloader(eval_dataset)
 
     def _collator(self, names: Sequence[str], precomputed: Sequence[str] = ()) -> CDACollator:
         return CDACollator(self.encoder_inputs, self.target_builder, names, self.instruction_texts, precomputed)
@@ -220,8 +217,8 @@ class CDATrainer(AutoRegTrainer):
                 "s2": output.s2.mean(),
                 "rewards/margins": output.reward_margins.mean(),
                 "rewards/accuracies": (output.reward_margins > 0).float().mean(),
-                "logps/positive": log_probs["policy_pos_next"].mean(),
-                "logps/negative": log_probs["policy_neg_next"].mean(),
+                "logps/positive": log_probs.get("policy_pos_next", log_probs.get("policy_query_prev_pos")).mean(),
+                "logps/negative": log_probs.get("policy_neg_next", log_probs.get("policy_query_prev_neg")).mean(),
                 "logps/alignment_gap": output.alignment_gap.mean(),
             }
         )
@@ -272,7 +269,8 @@ class CDATrainer(AutoRegTrainer):
                 collate_fn=self._collator(self.ref_names),
                 shuffle=False,
             )
-            for batch in tqdm(loader, desc=f"Reference log-probs ({split})", disable=not self.is_local_process_zero()):
+            quiet = self.args.disable_tqdm or not self.is_local_process_zero()
+            for batch in tqdm(loader, desc=f"Reference log-probs ({split})", disable=quiet):
                 batch = self._prepare_inputs(batch)
                 with torch.no_grad(), self.reference() as reference:
                     values = self.role_log_probs(reference, self.ref_names, batch)[0]

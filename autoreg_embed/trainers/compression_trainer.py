@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from autoreg_embed.data.collators import CompressionCollator
-from autoreg_embed.modeling.decoder import FrozenDecoder, conditional_log_probs
+from autoreg_embed.modeling.decoder import conditional_log_probs, original_decoder
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer, prepare_encoder, validate_dataset
@@ -30,8 +30,10 @@ class CompressionTrainer(AutoRegTrainer):
         train_dataset / eval_dataset: rows with ``context``, ``instruction``, ``target`` (strings; instruction may
             be empty). Every row is checked before training.
         processing_class: the tokenizer (loaded from ``model`` when omitted); compress tokens are added to it.
-        decoder: the frozen decoder. By default the cheapest correct choice: the same weights with adapters
-            disabled for a PEFT model, otherwise a frozen copy of ``model`` taken before training.
+        decoder: the frozen decoder. By default the original LLM from the cheapest correct source (see
+            :func:`~autoreg_embed.modeling.decoder.original_decoder`): the same weights with adapters disabled
+            for a PEFT model, a frozen copy of ``model`` taken before training, or, when continuing from a saved
+            checkpoint, the original model it records.
         peft_config: a PEFT config (e.g. ``LoraConfig``); the compress-token embedding rows are made trainable
             too unless the config sets ``trainable_token_indices`` itself.
     """
@@ -54,7 +56,7 @@ class CompressionTrainer(AutoRegTrainer):
         model, processing_class, settings = prepare_encoder(model, processing_class, args, peft_config)
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             validate_dataset(dataset, name, ("context", "target"), optional_columns=("instruction",))
-        self.frozen_decoder = FrozenDecoder(model, decoder)
+        self.frozen_decoder = original_decoder(model, settings, decoder)
         if data_collator is None:
             data_collator = CompressionCollator(EncoderInputBuilder(processing_class, settings), args.max_target_length)
         super().__init__(
