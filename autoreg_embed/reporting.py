@@ -26,7 +26,7 @@ def format_loss_curve(log_history: Iterable[Mapping[str, float]]) -> str:
 
 
 def plot_loss_curve(log_history: Iterable[Mapping[str, float]], path: str | Path, title: str = "") -> Path | None:
-    """Save the loss curve as a PNG; returns the path, or ``None`` if matplotlib is not installed."""
+    """Save the loss curve as a PNG; returns the path, or ``None`` without matplotlib or logged losses."""
     try:
         import matplotlib
 
@@ -36,9 +36,12 @@ def plot_loss_curve(log_history: Iterable[Mapping[str, float]], path: str | Path
         logger.info("matplotlib is not installed; skipping the loss plot (pip install 'autoreg-embed[plot]').")
         return None
     history = list(log_history)
+    curves = {label: loss_points(history, key) for key, label in (("loss", "train"), ("eval_loss", "eval"))}
+    if not any(curves.values()):
+        logger.info("No loss was logged (fewer steps than logging_steps); skipping the loss plot.")
+        return None
     figure, axis = plt.subplots(figsize=(6, 4))
-    for key, label in (("loss", "train"), ("eval_loss", "eval")):
-        points = loss_points(history, key)
+    for label, points in curves.items():
         if points:
             axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
     axis.set_xlabel("optimisation step")

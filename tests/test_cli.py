@@ -1,0 +1,86 @@
+"""The command line: help, config files with flag overrides, and a tiny end-to-end run of each stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SHARED_DATA, make_tiny_model
+
+from autoreg_embed.cli import DataArguments, ModelArguments, main, parse_stage_arguments
+from autoreg_embed.trainers import CompressionConfig
+
+
+def test_top_level_help_lists_the_stages(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for stage in ("compress", "align", "contrastive", "evaluate"):
+        assert stage in out
+
+
+def test_stage_help_lists_method_and_trainer_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--num_compress_tokens", "--max_target_length", "--use_lora", "--train_file", "--config"):
+        assert option in out
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_config_file_supplies_options_and_flags_override_it(tmp_path, suffix):
+    options = {"output_dir": str(tmp_path / "run"), "num_compress_tokens": 3, "learning_rate": 1e-4, "use_lora": True}
+    path = tmp_path / f"stage1{suffix}"
+    if suffix == ".yaml":
+        path.write_text("\n".join(f"{key}: {value}" for key, value in options.items()))
+    else:
+        path.write_text(json.dumps(options))
+    model_args, data_args, config = parse_stage_arguments(
+        (ModelArguments, DataArguments, CompressionConfig), ["--config", str(path), "--learning_rate", "3e-4"], "x"
+    )
+    assert config.num_compress_tokens == 3
+    assert config.learning_rate == pytest.approx(3e-4)  # the flag wins over the file
+    assert config.output_dir == str(tmp_path / "run")
+    assert model_args.use_lora is True and model_args.peft_config().r == 16
+    assert data_args.train_file == "quickstart"
+
+
+def test_unknown_option_in_config_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"output_dir: {tmp_path}\nnum_compres_tokens: 3\n")
+    with pytest.raises(SystemExit, match="num_compres_tokens"):
+        parse_stage_arguments((ModelArguments, DataArguments, CompressionConfig), ["--config", str(path)], "x")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer):
+    folder = tmp_path / "tiny-base"
+    make_tiny_model("llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_stages_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
+    common = ["--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none"]
+    common += ["--use_cpu", "true"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    main(["compress", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(stage1), *common])
+    out = capsys.readouterr().out
+    assert "step  train_loss" in out and f"Saved the encoder to {stage1}" in out
+    assert (stage1 / "loss_curve.png").is_file() and (stage1 / "modules.json").is_file()
+
+    main(["align", "--model_name_or_path", str(stage1), "--output_dir", str(stage2), *common])
+    assert (stage2 / "autoreg_embed_config.json").is_file()
+    settings = json.loads((stage2 / "autoreg_embed_config.json").read_text())
+    assert settings["base_model_name_or_path"] == str(tiny_model_dir)  # the decoder of both stages
+
+    main(["evaluate", str(stage2), "--sts", str(SHARED_DATA / "sts" / "stsb_dev.jsonl"), "--sts_limit", "12"])
+    out = capsys.readouterr().out
+    assert "sts.spearman=" in out
+    written = json.loads((stage2 / "eval" / "results.json").read_text())
+    assert written["results"]["sts"]["n"] == 12
+
+
+def test_evaluate_needs_a_task(tiny_model_dir):
+    with pytest.raises(SystemExit, match="at least one of"):
+        main(["evaluate", str(tiny_model_dir)])
