@@ -440,20 +440,26 @@ def test_save_and_load_lora_adapter_encoder(tmp_path, tokenizer):
         peft_config=LoraConfig(r=4, target_modules=LORA_MODULES),
     )
     trainer.train()
-    final = tmp_path / "final"
-    trainer.save_model(str(final))
-    assert (final / "adapter_config.json").is_file() and not (final / "model.safetensors").exists()
-    _check_checkpoint_files(final, len(trainer.processing_class), 5, str(base_dir))
-
-    loaded = load_encoder(final)
     expected = _embeddings(trainer.model, trainer.processing_class, trainer.encoder_settings)
-    got = _embeddings(loaded.model, loaded.tokenizer, loaded.settings)
-    assert (got - expected).abs().max().item() < 1e-6
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    trainer.args.merge_adapter_on_save = False
+    trainer.save_model(str(adapter))
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
+    trainer.args.merge_adapter_on_save = True  # the default: a final save writes merged, self-contained weights
+    trainer.save_model(str(merged))
+    assert (merged / "model.safetensors").is_file() and not list(merged.glob("adapter_*"))
+    for folder in (adapter, merged):
+        _check_checkpoint_files(folder, len(trainer.processing_class), 5, str(base_dir))
+        loaded = load_encoder(folder)
+        got = _embeddings(loaded.model, loaded.tokenizer, loaded.settings)
+        assert (got - expected).abs().max().item() < 1e-5, folder.name
+    assert trainer.model.peft_config  # the in-memory model keeps its adapter
 
 
 def test_adapter_checkpoint_of_an_unnamed_model_fails_clearly_on_load(tmp_path, tokenizer):
     trainer = make_trainer(tmp_path, tokenizer, peft_config=LoraConfig(r=4, target_modules=LORA_MODULES))
     assert trainer.model.get_base_model().name_or_path == ""
+    trainer.args.merge_adapter_on_save = False
     trainer.save_model(str(tmp_path / "final"))
     # Regression: this used to end in from_pretrained('') with an unrelated OSError.
     with pytest.raises(ValueError, match=r"holds a PEFT adapter but records no base model.*export_sentence"):

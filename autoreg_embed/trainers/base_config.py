@@ -37,6 +37,10 @@ class EncoderTrainingConfig(TrainingArguments):
     )
     max_text_length: int = field(default=512, metadata={"help": "Max tokens of context/query/document text."})
     max_instruction_length: int = field(default=512, metadata={"help": "Max tokens of instruction."})
+    merge_adapter_on_save: bool = field(
+        default=True,
+        metadata={"help": "A final save_model of a PEFT model writes merged weights (False: keep the adapter)."},
+    )
     compress_token_init: str = field(
         default="mean",
         metadata={

@@ -21,6 +21,7 @@ from autoreg_embed.modeling.encoder import add_compress_tokens
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers import (
     embedding_dimension,
+    export_sentence_transformer,
     latest_eval_metrics,
     prompts_from_instructions,
     recorded_training_stages,
@@ -155,6 +156,16 @@ class AutoRegTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    def _sentence_transformer_metadata(self) -> dict[str, Any]:
+        """Prompts (I_next / I_self when the trainer has instructions), stage history and eval results."""
+        model = self.accelerator.unwrap_model(self.model)
+        instructions = getattr(self, "instruction_texts", None)
+        return {
+            "prompts": prompts_from_instructions(instructions) if instructions else None,
+            "training_stages": [*recorded_training_stages(model.name_or_path), type(self).__name__],
+            "eval_results": latest_eval_metrics(self.state.log_history),
+        }
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save what the Trainer hands over (so sharded ZeRO-3 states are gathered), plus the encoder settings.
 
@@ -167,12 +178,25 @@ class AutoRegTrainer(Trainer):
             directory = Path(output_dir or self.args.output_dir)
             self.encoder_settings.save(directory)
             model = self.accelerator.unwrap_model(self.model)
-            instructions = getattr(self, "instruction_texts", None)
             write_sentence_transformers_files(
-                directory,
-                self.encoder_settings,
-                embedding_dimension(model),
-                prompts=prompts_from_instructions(instructions) if instructions else None,
-                training_stages=[*recorded_training_stages(model.name_or_path), type(self).__name__],
-                eval_results=latest_eval_metrics(self.state.log_history),
+                directory, self.encoder_settings, embedding_dimension(model), **self._sentence_transformer_metadata()
             )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model; a user's (final) save of a PEFT model writes merged weights by default.
+
+        Checkpoints saved during training keep the adapter (so training can resume). With
+        ``merge_adapter_on_save=False``, or under DeepSpeed ZeRO-3 (sharded weights cannot be merged in place),
+        the adapter is kept and loading merges it (``autoreg_embed.load``).
+        """
+        super().save_model(output_dir, _internal_call=_internal_call)
+        model = self.accelerator.unwrap_model(self.model)
+        merge = self.args.merge_adapter_on_save and not self.is_deepspeed_enabled
+        if _internal_call or not merge or not is_peft_model(model) or not self.args.should_save:
+            return
+        directory = Path(output_dir or self.args.output_dir)
+        for adapter_file in directory.glob("adapter_*"):
+            adapter_file.unlink()
+        export_sentence_transformer(
+            model, self.processing_class, self.encoder_settings, directory, **self._sentence_transformer_metadata()
+        )
