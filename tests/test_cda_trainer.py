@@ -203,6 +203,8 @@ def test_loss_matches_the_equation(tmp_path, tokenizer, num_negatives, length_no
     )
     decoder, reference = trainer.frozen_decoder.decoder, trainer.reference.model
     policy = trainer.model
+    for model in (decoder, reference, policy):  # float64 end to end, so that 1e-6 checks the equation, not rounding
+        model.double()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # move the policy away from the reference (and the decoder), so that every term matters
         for parameter in policy.parameters():
@@ -244,9 +246,9 @@ def test_loss_matches_the_equation(tmp_path, tokenizer, num_negatives, length_no
     batch = trainer.data_collator(rows)
     loss, output = trainer.compute_loss(policy, batch, return_outputs=True)
     assert loss.dim() == 0
-    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=5e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-6, abs=1e-8)
     assert output.s2.shape == (2, num_negatives)
-    assert output.per_example.double().tolist() == pytest.approx(losses, rel=1e-5, abs=5e-6)
+    assert output.per_example.double().tolist() == pytest.approx(losses, rel=1e-6, abs=1e-8)
 
 
 # ---- 3. the four reference sources ------------------------------------------------------------------------

@@ -109,7 +109,10 @@ class ContrastiveCollator:
         negatives = [check_text_list(f["neg"], "neg", i) if "neg" in f else [] for i, f in enumerate(features)]
         counts = {len(row) for row in negatives}
         if len(counts) > 1:
-            raise DataValidationError(f"Rows of one batch have different numbers of negatives {sorted(counts)}.")
+            raise DataValidationError(
+                f"Rows of one batch have different numbers of negatives {sorted(counts)} in column 'neg'; give every "
+                "row the same number."
+            )
         documents = positives + [text for row in negatives for text in row]
         instructions = [self.query_instruction] * len(queries) + [self.document_instruction] * len(documents)
         batch = self.encoder_inputs(queries + documents, instructions, padding_side=self.padding_side)

@@ -73,14 +73,22 @@ def conditional_log_probs(
     attention_mask = torch.cat([prefix_mask, target_mask], dim=1)
     hidden = last_hidden_states(decoder, attention_mask, inputs_embeds=inputs_embeds)
     predicting = hidden[:, num_prefix - 1 : num_prefix - 1 + target_ids.shape[1]]
-    logits = decoder.get_output_embeddings()(predicting).float()
-    mask = target_mask.to(logits.dtype)
+    lm_head = decoder.get_output_embeddings()
     if return_distributions:
-        log_probs = logits.log_softmax(dim=-1)
-        token_log_probs = log_probs.gather(-1, target_ids[..., None]).squeeze(-1) * mask
+        log_probs = at_least_float32(lm_head(predicting)).log_softmax(dim=-1)
+        token_log_probs = log_probs.gather(-1, target_ids[..., None]).squeeze(-1) * target_mask.to(log_probs.dtype)
         return ConditionalLogProbs(token_log_probs, target_mask, log_probs)
-    token_log_probs = selective_log_softmax(logits, target_ids) * mask
+    # The vocabulary projection is the costliest layer per position: apply it to real target tokens only.
+    real = target_mask.bool()
+    logits = at_least_float32(lm_head(predicting[real]))
+    token_log_probs = logits.new_zeros(target_ids.shape)
+    token_log_probs[real] = selective_log_softmax(logits, target_ids[real])
     return ConditionalLogProbs(token_log_probs, target_mask)
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Upcast half-precision logits for a stable softmax; keep float64 as is."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

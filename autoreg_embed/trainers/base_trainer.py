@@ -78,7 +78,7 @@ def _apply_peft(model: nn.Module, peft_config: Any, compress_ids: list[int]) -> 
     if not is_peft_model(model):
         from peft import get_peft_model
 
-        if getattr(peft_config, "trainable_token_indices", "absent") is None:
+        if compress_ids and getattr(peft_config, "trainable_token_indices", "absent") is None:
             # The new compress-token rows must learn too; PEFT trains just those rows of the embedding matrix.
             peft_config.trainable_token_indices = compress_ids
         return get_peft_model(model, peft_config)
