@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from trl.trainer.utils import selective_log_softmax
 
 from autoreg_embed.default_model import resolve_model_name_or_path
 from autoreg_embed.modeling.checkpoint import load_causal_lm
@@ -82,7 +81,8 @@ def conditional_log_probs(
     real = target_mask.bool()
     logits = at_least_float32(lm_head(predicting[real]))
     token_log_probs = logits.new_zeros(target_ids.shape)
-    token_log_probs[real] = selective_log_softmax(logits, target_ids[real])
+    targets = target_ids[real]
+    token_log_probs[real] = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(dim=-1)
     return ConditionalLogProbs(token_log_probs, target_mask)
 
 
