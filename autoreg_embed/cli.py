@@ -117,58 +117,42 @@ def _train_and_report(trainer: Any, title: str) -> None:
         print(f"Truncated during training (counts): {truncated}")
 
 
-def run_compress(argv: Sequence[str]) -> None:
-    """Stage 1: information compression (rows: context, instruction, target)."""
-    from autoreg_embed.trainers import CompressionConfig, CompressionTrainer
-
+def _run_training_stage(
+    argv: Sequence[str], config_class: type, trainer_class: type, stage: str, data_stage: str, title: str
+) -> None:
     model_args, data_args, config = parse_stage_arguments(
-        (ModelArguments, DataArguments, CompressionConfig), argv, "autoreg-embed compress"
+        (ModelArguments, DataArguments, config_class), argv, f"autoreg-embed {stage}"
     )
-    train_dataset, eval_dataset = _load_data(data_args, "compression")
-    trainer = CompressionTrainer(
+    train_dataset, eval_dataset = _load_data(data_args, data_stage)
+    trainer = trainer_class(
         model=model_args.model_name_or_path,
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=model_args.peft_config(),
     )
-    _train_and_report(trainer, "compression")
+    _train_and_report(trainer, title)
+
+
+def run_compress(argv: Sequence[str]) -> None:
+    """Stage 1: information compression (rows: context, instruction, target)."""
+    from autoreg_embed.trainers import CompressionConfig, CompressionTrainer
+
+    _run_training_stage(argv, CompressionConfig, CompressionTrainer, "compress", "compression", "compression")
 
 
 def run_align(argv: Sequence[str]) -> None:
     """Stage 2: conditional distribution alignment (rows: query, pos, neg); start from a stage-1 checkpoint."""
     from autoreg_embed.trainers import CDAConfig, CDATrainer
 
-    model_args, data_args, config = parse_stage_arguments(
-        (ModelArguments, DataArguments, CDAConfig), argv, "autoreg-embed align"
-    )
-    train_dataset, eval_dataset = _load_data(data_args, "cda")
-    trainer = CDATrainer(
-        model=model_args.model_name_or_path,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=model_args.peft_config(),
-    )
-    _train_and_report(trainer, "conditional distribution alignment")
+    _run_training_stage(argv, CDAConfig, CDATrainer, "align", "cda", "conditional distribution alignment")
 
 
 def run_contrastive(argv: Sequence[str]) -> None:
     """The InfoNCE baseline (rows: query, pos, optional neg)."""
     from autoreg_embed.trainers import ContrastiveConfig, ContrastiveTrainer
 
-    model_args, data_args, config = parse_stage_arguments(
-        (ModelArguments, DataArguments, ContrastiveConfig), argv, "autoreg-embed contrastive"
-    )
-    train_dataset, eval_dataset = _load_data(data_args, "cda")
-    trainer = ContrastiveTrainer(
-        model=model_args.model_name_or_path,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=model_args.peft_config(),
-    )
-    _train_and_report(trainer, "InfoNCE")
+    _run_training_stage(argv, ContrastiveConfig, ContrastiveTrainer, "contrastive", "cda", "InfoNCE")
 
 
 @dataclass
