@@ -27,7 +27,7 @@ from autoreg_embed.sentence_transformers import (
     recorded_training_stages,
     write_sentence_transformers_files,
 )
-from autoreg_embed.trainers.base_config import EncoderTrainingConfig
+from autoreg_embed.trainers.base_config import EncoderTrainingConfig, InstructionTrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -90,34 +90,98 @@ def _apply_peft(model: nn.Module, peft_config: Any, compress_ids: list[int]) -> 
     return model
 
 
-def validate_dataset(dataset: Dataset | None, name: str, text_columns: Sequence[str], **kwargs: Any) -> None:
+def validate_dataset(
+    dataset: Dataset,
+    name: str,
+    text_columns: Sequence[str],
+    list_columns: Sequence[str] = (),
+    optional_columns: Sequence[str] = (),
+) -> None:
     """Check columns and every row of ``dataset`` before training starts (see :func:`validate_rows`)."""
-    if dataset is None:
-        return
-    columns = [*text_columns, *kwargs.get("list_columns", ())]
-    require_columns(dataset.column_names, columns, name)
-    present_optional = [column for column in kwargs.pop("optional_columns", ()) if column in dataset.column_names]
-    validate_rows(dataset, text_columns, name, optional_columns=present_optional, **kwargs)
+    require_columns(dataset.column_names, [*text_columns, *list_columns], name)
+    present_optional = [column for column in optional_columns if column in dataset.column_names]
+    validate_rows(dataset, text_columns, name, optional_columns=present_optional, list_columns=list_columns)
 
 
 class AutoRegTrainer(Trainer):
     """Base of the autoreg-embed trainers (not used directly).
 
-    Subclasses implement ``compute_loss`` and call :meth:`record_metrics` with per-step values; this class
-    averages and logs them like trl (``eval_`` prefixed during evaluation), stops on a non-finite loss, and
-    saves the encoder settings next to the weights the Trainer hands to ``_save``.
+    The constructor loads the model and tokenizer when names are given, adds the compress tokens, applies
+    ``peft_config``, checks every row of the datasets, and builds the default collator; subclasses say what differs
+    through :attr:`text_columns` / :attr:`list_columns` / :attr:`optional_columns`, :meth:`default_collator` and
+    :meth:`prepare_components`. They implement ``compute_loss`` and call :meth:`record_metrics` with per-step
+    values; this class averages and logs them like trl (``eval_`` prefixed during evaluation), stops on a
+    non-finite loss, and saves the encoder settings next to the weights the Trainer hands to ``_save``.
     """
+
+    text_columns: tuple[str, ...] = ()
+    """Columns that must hold a non-empty string in every row."""
+    list_columns: tuple[str, ...] = ()
+    """Columns that must hold a string or a non-empty list of strings."""
+    optional_list_columns: tuple[str, ...] = ()
+    """Like :attr:`list_columns`, but the column may be absent."""
+    optional_columns: tuple[str, ...] = ()
+    """Columns that may be absent or empty."""
+    config_class: type[EncoderTrainingConfig]
+    """The config dataclass of this trainer (used with ``default_output_dir`` when no ``args`` are given)."""
+    default_output_dir: str = "autoreg-embed-output"
 
     encoder_settings: EncoderSettings
 
-    def __init__(self, *args: Any, encoder_settings: EncoderSettings, **kwargs: Any) -> None:
-        self.encoder_settings = encoder_settings
+    def __init__(
+        self,
+        model: str | PreTrainedModel | nn.Module | None = None,
+        args: EncoderTrainingConfig | None = None,
+        data_collator: Any | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: Any | None = None,
+        callbacks: list[Any] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        **kwargs: Any,
+    ) -> None:
+        args = args or self.config_class(output_dir=self.default_output_dir)
+        model, processing_class, self.encoder_settings = prepare_encoder(model, processing_class, args, peft_config)
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            self.validate(dataset, name)
+        self.instruction_texts = args.instruction_texts() if isinstance(args, InstructionTrainingConfig) else None
+        self.prepare_components(model, processing_class, args)
         self._metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator or self.default_collator(processing_class, args),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            **kwargs,
+        )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean; Trainer divides by GA steps
+
+    def validate(self, dataset: Dataset | None, name: str) -> None:
+        """Check the columns and every row of ``dataset`` before training starts."""
+        if dataset is None:
+            return
+        present = set(dataset.column_names)
+        list_columns = [*self.list_columns, *(column for column in self.optional_list_columns if column in present)]
+        validate_dataset(
+            dataset, name, self.text_columns, list_columns=list_columns, optional_columns=self.optional_columns
+        )
+
+    def prepare_components(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig
+    ) -> None:
+        """Create what the loss needs (frozen decoder, reference, input builders) before the Trainer wraps ``model``."""
+
+    def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig) -> Any:
+        """The collator used when none is given."""
+        raise NotImplementedError
 
     def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
         """Store per-step metric values (averaged over the steps between two logs)."""
@@ -159,7 +223,7 @@ class AutoRegTrainer(Trainer):
     def _sentence_transformer_metadata(self) -> dict[str, Any]:
         """Prompts (I_next / I_self when the trainer has instructions), stage history and eval results."""
         model = self.accelerator.unwrap_model(self.model)
-        instructions = getattr(self, "instruction_texts", None)
+        instructions = self.instruction_texts
         return {
             "prompts": prompts_from_instructions(instructions) if instructions else None,
             "training_stages": [*recorded_training_stages(model.name_or_path), type(self).__name__],

@@ -15,7 +15,7 @@ from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autoreg_embed.data.cda_collator import CDACollator, log_prob_spec
 from autoreg_embed.data.collators import TargetBuilder
@@ -25,7 +25,7 @@ from autoreg_embed.modeling.decoder import conditional_log_probs, original_decod
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
 from autoreg_embed.modeling.reference import ReferenceEncoder
-from autoreg_embed.trainers.base_trainer import AutoRegTrainer, prepare_encoder, validate_dataset
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer
 from autoreg_embed.trainers.cda_config import CDAConfig
 
 logger = logging.getLogger(__name__)
@@ -71,62 +71,43 @@ class CDATrainer(AutoRegTrainer):
             (stage-1 adapter frozen, used by the reference; both off for the decoder: one set of base weights).
     """
 
+    text_columns = ("query", "pos")
+    list_columns = ("neg",)
+    optional_columns = ("instruction_next", "instruction_self", "instruction_prev")
+    config_class = CDAConfig
+    default_output_dir = "cda-output"
+
     def __init__(
         self,
         model: str | PreTrainedModel | nn.Module | None = None,
         ref_model: nn.Module | None = None,
         args: CDAConfig | None = None,
-        data_collator: Any | None = None,
-        train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | None = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
+        *trainer_args: Any,
         decoder: PreTrainedModel | None = None,
-        peft_config: Any | None = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers: tuple[Any, Any] = (None, None),
         **kwargs: Any,
     ) -> None:
-        args = args or CDAConfig(output_dir="cda-output")
-        model, processing_class, settings = prepare_encoder(model, processing_class, args, peft_config)
-        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            validate_dataset(
-                dataset,
-                name,
-                ("query", "pos"),
-                list_columns=("neg",),
-                optional_columns=("instruction_next", "instruction_self", "instruction_prev"),
-            )
-        self.log_prob_names = STRATEGY_LOG_PROBS[args.strategy]
-        self.ref_names = [name for name in self.log_prob_names if name.startswith("ref_")]
-        self.instruction_texts = args.instruction_texts()
-        self.frozen_decoder = original_decoder(model, settings, decoder)
-        self.reference = ReferenceEncoder(model, ref_model)
-        self.encoder_inputs = EncoderInputBuilder(processing_class, settings)
-        self.target_builder = TargetBuilder(processing_class, args.max_target_length)
-        precomputed = self.ref_names if args.precompute_ref_log_probs else ()
-        if data_collator is None:
-            data_collator = self._collator(self.log_prob_names, precomputed)
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            encoder_settings=settings,
-            **kwargs,
-        )
+        self._ref_model, self._decoder = ref_model, decoder
+        super().__init__(model, args, *trainer_args, **kwargs)
         for separate in (self.frozen_decoder.decoder, self.reference.model):
             if separate is not None:
                 separate.to(self.args.device)
-        if args.precompute_ref_log_probs:
+        if self.args.precompute_ref_log_probs:
             self.train_dataset = self.with_reference_log_probs(self.train_dataset, "train")
             if self.eval_dataset is not None:
                 self.eval_dataset = self.with_reference_log_probs(self.eval_dataset, "eval")
             if self.reference.kind == "model":
                 self.reference = None  # no longer needed: release the separate reference model
+
+    def prepare_components(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: CDAConfig) -> None:
+        self.log_prob_names = STRATEGY_LOG_PROBS[args.strategy]
+        self.ref_names = [name for name in self.log_prob_names if name.startswith("ref_")]
+        self.frozen_decoder = original_decoder(model, self.encoder_settings, self._decoder)
+        self.reference = ReferenceEncoder(model, self._ref_model)
+        self.encoder_inputs = EncoderInputBuilder(tokenizer, self.encoder_settings)
+        self.target_builder = TargetBuilder(tokenizer, args.max_target_length)
+
+    def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: CDAConfig) -> CDACollator:
+        return self._collator(self.log_prob_names, self.ref_names if args.precompute_ref_log_probs else ())
 
     def get_eval_dataloader(self, eval_dataset: Dataset | str | None = None) -> DataLoader:
         """With precomputed reference log-probs, a dataset passed to ``evaluate`` gets its columns first."""

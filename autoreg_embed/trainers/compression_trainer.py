@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from datasets import Dataset
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autoreg_embed.data.collators import CompressionCollator
 from autoreg_embed.modeling.decoder import conditional_log_probs, original_decoder
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-from autoreg_embed.trainers.base_trainer import AutoRegTrainer, prepare_encoder, validate_dataset
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer
 from autoreg_embed.trainers.compression_config import CompressionConfig
 
 
@@ -38,39 +37,27 @@ class CompressionTrainer(AutoRegTrainer):
             too unless the config sets ``trainable_token_indices`` itself.
     """
 
+    text_columns = ("context", "target")
+    optional_columns = ("instruction",)
+    config_class = CompressionConfig
+    default_output_dir = "compression-output"
+
+    def prepare_components(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: CompressionConfig) -> None:
+        self.frozen_decoder = original_decoder(model, self.encoder_settings, self._decoder)
+
+    def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: CompressionConfig) -> CompressionCollator:
+        return CompressionCollator(EncoderInputBuilder(tokenizer, self.encoder_settings), args.max_target_length)
+
     def __init__(
         self,
         model: str | PreTrainedModel | nn.Module | None = None,
         args: CompressionConfig | None = None,
-        data_collator: Any | None = None,
-        train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | None = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
+        *trainer_args: Any,
         decoder: PreTrainedModel | None = None,
-        peft_config: Any | None = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers: tuple[Any, Any] = (None, None),
         **kwargs: Any,
     ) -> None:
-        args = args or CompressionConfig(output_dir="compression-output")
-        model, processing_class, settings = prepare_encoder(model, processing_class, args, peft_config)
-        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            validate_dataset(dataset, name, ("context", "target"), optional_columns=("instruction",))
-        self.frozen_decoder = original_decoder(model, settings, decoder)
-        if data_collator is None:
-            data_collator = CompressionCollator(EncoderInputBuilder(processing_class, settings), args.max_target_length)
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            encoder_settings=settings,
-            **kwargs,
-        )
+        self._decoder = decoder
+        super().__init__(model, args, *trainer_args, **kwargs)
         if self.frozen_decoder.decoder is not None:
             self.frozen_decoder.decoder.to(self.args.device)
 

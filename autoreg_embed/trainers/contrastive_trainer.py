@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from datasets import Dataset
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedTokenizerBase
 
 from autoreg_embed.data.collators import ContrastiveCollator
 from autoreg_embed.losses.contrastive import info_nce_loss
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-from autoreg_embed.trainers.base_trainer import AutoRegTrainer, prepare_encoder, validate_dataset
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer
 from autoreg_embed.trainers.contrastive_config import ContrastiveConfig
 
 
@@ -35,42 +32,16 @@ class ContrastiveTrainer(AutoRegTrainer):
     sentence-transformers the same way. Rows: ``query``, ``pos``, optional ``neg`` (a string or a list).
     """
 
-    def __init__(
-        self,
-        model: str | PreTrainedModel | nn.Module | None = None,
-        args: ContrastiveConfig | None = None,
-        data_collator: Any | None = None,
-        train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | None = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        peft_config: Any | None = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers: tuple[Any, Any] = (None, None),
-        **kwargs: Any,
-    ) -> None:
-        args = args or ContrastiveConfig(output_dir="contrastive-output")
-        model, processing_class, settings = prepare_encoder(model, processing_class, args, peft_config)
-        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            has_negatives = dataset is not None and "neg" in dataset.column_names
-            validate_dataset(dataset, name, ("query", "pos"), list_columns=("neg",) if has_negatives else ())
-        self.instruction_texts = args.instruction_texts()
-        if data_collator is None:
-            data_collator = ContrastiveCollator(
-                EncoderInputBuilder(processing_class, settings),
-                self.instruction_texts["next"],
-                self.instruction_texts["self"],
-            )
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            encoder_settings=settings,
-            **kwargs,
+    text_columns = ("query", "pos")
+    optional_list_columns = ("neg",)
+    config_class = ContrastiveConfig
+    default_output_dir = "contrastive-output"
+
+    def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: ContrastiveConfig) -> ContrastiveCollator:
+        return ContrastiveCollator(
+            EncoderInputBuilder(tokenizer, self.encoder_settings),
+            self.instruction_texts["next"],
+            self.instruction_texts["self"],
         )
 
     def compute_loss(
