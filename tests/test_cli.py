@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA, make_tiny_model
 
 from autoreg_embed.cli import DataArguments, ModelArguments, main, parse_stage_arguments
-from autoreg_embed.trainers import CompressionConfig
+from autoreg_embed.trainers import CDAConfig, CompressionConfig
 
 
 def test_top_level_help_lists_the_stages(capsys):
@@ -84,3 +85,16 @@ def test_stages_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
 def test_evaluate_needs_a_task(tiny_model_dir):
     with pytest.raises(SystemExit, match="at least one of"):
         main(["evaluate", str(tiny_model_dir)])
+
+
+@pytest.mark.parametrize(
+    ("config_file", "config_class"),
+    [("paper_stage1.yaml", CompressionConfig), ("paper_stage2.yaml", CDAConfig)],
+)
+def test_example_configs_parse(config_file, config_class):
+    """The paper-recipe configs in examples/ stay valid option files."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / config_file
+    argv = ["--config", str(path), "--bf16", "false"]  # bf16 needs a GPU (or use_cpu) to pass validation here
+    _, data_args, config = parse_stage_arguments((ModelArguments, DataArguments, config_class), argv, "x")
+    assert config.gradient_checkpointing and config.per_device_train_batch_size == 8
+    assert data_args.train_file.startswith("data/")
