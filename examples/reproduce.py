@@ -80,7 +80,6 @@ def common_options(sizes: Sizes, output_dir: Path) -> dict[str, Any]:
         "per_device_train_batch_size": sizes.batch_size,
         "max_text_length": sizes.max_length,
         "max_instruction_length": sizes.max_length,
-        "max_target_length": sizes.max_length,
         "logging_steps": 5,
         "save_strategy": "no",
         "report_to": "none",
@@ -121,7 +120,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stage1_dir = out / "compression"
     stage1 = CompressionTrainer(
         model=None,
-        args=CompressionConfig(**common_options(sizes, stage1_dir), learning_rate=args.compression_lr),
+        args=CompressionConfig(
+            **common_options(sizes, stage1_dir), max_target_length=sizes.max_length, learning_rate=args.compression_lr
+        ),
         train_dataset=compression_rows(data, sizes.compression_rows, args.seed),
     )
     losses["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
