@@ -121,7 +121,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stage1 = CompressionTrainer(
         model=None,
         args=CompressionConfig(
-            **common_options(sizes, stage1_dir), max_target_length=sizes.max_length, learning_rate=args.compression_lr
+            **common_options(sizes, stage1_dir),
+            max_target_length=sizes.max_length,
+            learning_rate=args.compression_lr,
+            num_train_epochs=args.compression_epochs,
         ),
         train_dataset=compression_rows(data, sizes.compression_rows, args.seed),
     )
@@ -141,7 +144,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cda_score = sts_score(load(cda_dir), data, sizes)
         infonce = ContrastiveTrainer(
             model=None,
-            args=ContrastiveConfig(**common_options(sizes, infonce_dir), learning_rate=args.infonce_lr),
+            args=ContrastiveConfig(
+                **common_options(sizes, infonce_dir),
+                learning_rate=args.infonce_lr,
+                num_train_epochs=args.infonce_epochs,
+            ),
             train_dataset=rows,
         )
         infonce_losses, infonce_seconds = timed(lambda t=infonce, d=infonce_dir: train(t, d))
@@ -210,6 +217,9 @@ def main() -> None:
     parser.add_argument("--compression_lr", type=float, default=5e-5)
     parser.add_argument("--cda_lr", type=float, default=5e-6)
     parser.add_argument("--infonce_lr", type=float, default=2e-5)
+    parser.add_argument("--compression_epochs", type=float, default=2.0, help="paper: 2")
+    parser.add_argument("--cda_epochs", type=float, default=1.0, help="paper: 4 (over 50k triplets)")
+    parser.add_argument("--infonce_epochs", type=float, default=1.0)
     args = parser.parse_args()
     results = run(args)
     print((Path(args.output_dir) / "results.md").read_text())
