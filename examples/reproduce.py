@@ -192,6 +192,8 @@ def write_outputs(results: dict[str, Any], losses: dict[str, list[dict[str, floa
     prompt = results["recipes"]["(a) PromptEOL"]["spearman"]
     axis.axhline(prompt, linestyle="--", color="gray", label="PromptEOL (untrained)")
     axis.set(xlabel="training triplets", ylabel="STS-B dev Spearman x100", xscale="log")
+    axis.set_xticks([int(c) for c in counts], [str(c) for c in counts])
+    axis.minorticks_off()
     axis.legend()
     figure.tight_layout()
     figure.savefig(out / "learning_curve.png", dpi=120)
