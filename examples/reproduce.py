@@ -117,27 +117,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         score, seconds = timed(lambda p=pooling, t=template: sts_score(baseline(None, p, t), data, sizes))
         recipes[name] = {"spearman": score, "seconds": seconds}
 
-    stage1_dir = out / "compression"
-    stage1 = CompressionTrainer(
-        model=None,
-        args=CompressionConfig(
-            **common_options(sizes, stage1_dir),
-            max_target_length=sizes.max_length,
-            learning_rate=args.compression_lr,
-            num_train_epochs=args.compression_epochs,
-        ),
-        train_dataset=compression_rows(data, sizes.compression_rows, args.seed),
-    )
-    losses["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
+    stage1_dir = Path(args.stage1_checkpoint) if args.stage1_checkpoint else out / "compression"
+    if args.stage1_checkpoint:  # reuse an earlier stage 1 (its training time is not counted again)
+        losses["compression"], seconds = [], 0.0
+    else:
+        stage1 = CompressionTrainer(
+            model=None,
+            args=CompressionConfig(
+                **common_options(sizes, stage1_dir),
+                max_target_length=sizes.max_length,
+                learning_rate=args.compression_lr,
+                num_train_epochs=args.compression_epochs,
+            ),
+            train_dataset=compression_rows(data, sizes.compression_rows, args.seed),
+        )
+        losses["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
     score, eval_seconds = timed(lambda: sts_score(load(stage1_dir), data, sizes))
     recipes["(d) compression only"] = {"spearman": score, "seconds": seconds + eval_seconds}
 
-    for count in sorted({*sizes.curve, sizes.triplets}):
+    for count in sorted({*(args.curve or sizes.curve), sizes.triplets}):
         rows = triplets(data, count, args.seed)
         cda_dir, infonce_dir = out / f"cda-{count}", out / f"infonce-{count}"
         cda = CDATrainer(
             model=str(stage1_dir),
-            args=CDAConfig(**common_options(sizes, cda_dir), learning_rate=args.cda_lr, precompute_ref_log_probs=True),
+            args=CDAConfig(
+                **common_options(sizes, cda_dir),
+                max_target_length=sizes.max_length,
+                learning_rate=args.cda_lr,
+                num_train_epochs=args.cda_epochs,
+                precompute_ref_log_probs=True,
+            ),
             train_dataset=rows,
         )
         cda_losses, cda_seconds = timed(lambda t=cda, d=cda_dir: train(t, d))
@@ -220,6 +229,8 @@ def main() -> None:
     parser.add_argument("--cda_lr", type=float, default=5e-6)
     parser.add_argument("--infonce_lr", type=float, default=2e-5)
     parser.add_argument("--compression_epochs", type=float, default=2.0, help="paper: 2")
+    parser.add_argument("--stage1_checkpoint", default=None, help="reuse this stage-1 checkpoint for (c) and (d)")
+    parser.add_argument("--curve", type=int, nargs="*", default=None, help="triplet counts of the learning curve")
     parser.add_argument("--cda_epochs", type=float, default=1.0, help="paper: 4 (over 50k triplets)")
     parser.add_argument("--infonce_epochs", type=float, default=1.0)
     args = parser.parse_args()
