@@ -17,7 +17,7 @@ from autoreg_embed.data.schema import require_columns, validate_rows
 from autoreg_embed.default_model import DEFAULT_MODEL
 from autoreg_embed.modeling.checkpoint import load_causal_lm, load_tokenizer
 from autoreg_embed.modeling.decoder import is_peft_model
-from autoreg_embed.modeling.encoder import add_compress_tokens
+from autoreg_embed.modeling.encoder import EncoderOutput, add_compress_tokens, encode
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers import (
     embedding_dimension,
@@ -182,6 +182,12 @@ class AutoRegTrainer(Trainer):
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig) -> Any:
         """The collator used when none is given."""
         raise NotImplementedError
+
+    def encode_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        """Run the (unwrapped) encoder on a collated batch's ``input_ids`` / ``attention_mask``."""
+        return encode(
+            self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"], self.encoder_settings
+        )
 
     def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
         """Store per-step metric values (averaged over the steps between two logs)."""

@@ -10,7 +10,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autoreg_embed.data.collators import CompressionCollator
 from autoreg_embed.modeling.decoder import conditional_log_probs, original_decoder
-from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer
 from autoreg_embed.trainers.compression_config import CompressionConfig
@@ -69,9 +68,7 @@ class CompressionTrainer(AutoRegTrainer):
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean negative log-likelihood of the target tokens given the k compress states."""
-        encoded = encode(
-            self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"], self.encoder_settings
-        )
+        encoded = self.encode_batch(model, inputs)
         with self.frozen_decoder() as decoder:
             log_probs = conditional_log_probs(
                 decoder, encoded.compress_states, inputs["target_ids"], inputs["target_mask"]

@@ -8,7 +8,6 @@ from transformers import PreTrainedTokenizerBase
 
 from autoreg_embed.data.collators import ContrastiveCollator
 from autoreg_embed.losses.contrastive import info_nce_loss
-from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer
 from autoreg_embed.trainers.contrastive_config import ContrastiveConfig
@@ -52,9 +51,7 @@ class ContrastiveTrainer(AutoRegTrainer):
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """InfoNCE of each query against its positive, its hard negatives and (optionally) the batch's."""
-        embeddings = encode(
-            self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"], self.encoder_settings
-        ).embedding
+        embeddings = self.encode_batch(model, inputs).embedding
         num_negatives = int(inputs["num_negatives"])
         batch = embeddings.shape[0] // (2 + num_negatives)
         queries, positives = embeddings[:batch], embeddings[batch : 2 * batch]
