@@ -388,6 +388,15 @@ def test_add_compress_tokens_init_from_string(tokenizer):
     torch.testing.assert_close(model2.get_input_embeddings().weight[ids2], row.expand(2, -1), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_add_compress_tokens_init_from_string_any_k(tokenizer, k):
+    """k = 1 once failed: writing one row copied from the same matrix is an overlapping in-place copy."""
+    model = make_tiny_model("gpt2", tokenizer)
+    source = model.get_input_embeddings().weight[ids_of(tokenizer, ':"')[-1]].detach().clone()
+    ids = add_compress_tokens(model, tokenizer, EncoderSettings(num_compress_tokens=k), init_from=':"')
+    torch.testing.assert_close(model.get_input_embeddings().weight[ids], source.expand(k, -1), rtol=0, atol=0)
+
+
 def test_add_compress_tokens_is_idempotent(tokenizer):
     settings = EncoderSettings(num_compress_tokens=3)
     model = make_tiny_model("qwen2", tokenizer)

@@ -154,5 +154,5 @@ def _initialise_rows(
         if not source_ids:
             raise ValueError(f"compress-token init string {init_from!r} tokenizes to nothing.")
     for matrix in matrices:
-        row = matrix[:num_original].float().mean(dim=0) if init_from == "mean" else matrix[source_ids[-1]].float()
-        matrix[ids] = row.to(matrix.dtype).expand(len(ids), -1)
+        source = matrix[:num_original].float().mean(dim=0) if init_from == "mean" else matrix[source_ids[-1]]
+        matrix[ids] = source.to(matrix.dtype).clone().expand(len(ids), -1)  # clone: a row of `matrix` itself
