@@ -60,6 +60,22 @@ SIZES = {
 }
 
 
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "prompteol": {
+        "template": 'This sentence : "{text}" {instruction}',
+        "compress_token_init": ':"',
+        "instruction_next": "means in one word",
+        "instruction_self": "means in one word",
+        "instruction_prev": "means in one word",
+    },
+}
+"""Encoder layouts of the trained recipes. ``paper``: ``{text}\\n{instruction}`` with the paper's STS instruction
+and vocabulary-mean compress tokens. ``prompteol``: the PromptEOL prompt around the text with the compress tokens
+started from its closing ``:"`` token, so that with k = 1 the untrained encoder *is* PromptEOL (step 0 = the
+prompt baseline)."""
+
+
 def compression_rows(data: Path, count: int, seed: int) -> Dataset:
     """``count`` rows drawn evenly from the SQuAD, XQuAD and PubMedQA compression files."""
     files = ["squad2_devhalf_answerable.jsonl", "xquad_en.jsonl", "pubmedqa_pqal.jsonl"]
@@ -74,8 +90,16 @@ def triplets(data: Path, count: int, seed: int) -> Dataset:
     return rows.select(range(count)).select_columns(["query", "pos", "neg"])
 
 
-def common_options(sizes: Sizes, output_dir: Path) -> dict[str, Any]:
+def layout_options(layout: str, num_compress_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(encoder options of every trainer, instruction options of the triplet trainers) of a layout."""
+    options = {key: value for key, value in LAYOUTS[layout].items() if not key.startswith("instruction_")}
+    instructions = {key: value for key, value in LAYOUTS[layout].items() if key.startswith("instruction_")}
+    return {**options, "num_compress_tokens": num_compress_tokens}, instructions
+
+
+def common_options(sizes: Sizes, output_dir: Path, layout: dict[str, Any]) -> dict[str, Any]:
     return {
+        **layout,
         "output_dir": str(output_dir),
         "per_device_train_batch_size": sizes.batch_size,
         "max_text_length": sizes.max_length,
@@ -108,6 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"size": args.size, "sizes": sizes.__dict__, "recipes": {}, "curve": {}}
     recipes, losses = results["recipes"], {}
+    results["layout"], results["num_compress_tokens"] = args.layout, args.num_compress_tokens
+    layout, instructions = layout_options(args.layout, args.num_compress_tokens)
 
     for name, pooling, template in (
         ("(a) last token", "last", "{text}"),
@@ -124,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stage1 = CompressionTrainer(
             model=None,
             args=CompressionConfig(
-                **common_options(sizes, stage1_dir),
+                **common_options(sizes, stage1_dir, layout),
                 max_target_length=sizes.max_length,
                 learning_rate=args.compression_lr,
                 num_train_epochs=args.compression_epochs,
@@ -141,7 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cda = CDATrainer(
             model=str(stage1_dir),
             args=CDAConfig(
-                **common_options(sizes, cda_dir),
+                **common_options(sizes, cda_dir, layout),
+                **instructions,
                 max_target_length=sizes.max_length,
                 learning_rate=args.cda_lr,
                 num_train_epochs=args.cda_epochs,
@@ -154,7 +181,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         infonce = ContrastiveTrainer(
             model=None,
             args=ContrastiveConfig(
-                **common_options(sizes, infonce_dir),
+                **common_options(sizes, infonce_dir, layout),
+                **instructions,
                 learning_rate=args.infonce_lr,
                 num_train_epochs=args.infonce_epochs,
             ),
@@ -186,7 +214,8 @@ def write_outputs(results: dict[str, Any], losses: dict[str, list[dict[str, floa
     sizes = results["sizes"]
     lines = [
         f"STS-B dev (first {sizes['sts_pairs']} pairs), Spearman x100; size `{results['size']}`, "
-        f"{sizes['compression_rows']} compression rows, {sizes['triplets']} SNLI triplets.",
+        f"{sizes['compression_rows']} compression rows, {sizes['triplets']} SNLI triplets; layout "
+        f"`{results['layout']}`, k = {results['num_compress_tokens']}.",
         "",
         "| recipe | Spearman | wall-clock (s) |",
         "|---|---|---|",
@@ -233,6 +262,8 @@ def main() -> None:
     parser.add_argument("--curve", type=int, nargs="*", default=None, help="triplet counts of the learning curve")
     parser.add_argument("--cda_epochs", type=float, default=1.0, help="paper: 4 (over 50k triplets)")
     parser.add_argument("--infonce_epochs", type=float, default=1.0)
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="paper", help="encoder layout of (b)-(d)")
+    parser.add_argument("--num_compress_tokens", type=int, default=5, help="k of (b)-(d) (paper: 5)")
     args = parser.parse_args()
     results = run(args)
     print((Path(args.output_dir) / "results.md").read_text())

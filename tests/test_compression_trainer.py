@@ -658,11 +658,21 @@ def test_num_compress_tokens_mismatch_with_checkpoint(tmp_path, tokenizer):
         ("max_text_length", 0, r"max_text_length must be >= 1, got 0"),
         ("num_compress_tokens", -1, r"num_compress_tokens must be >= 0"),
         ("pooling", "max", r"pooling must be one of"),
+        ("template", "{instruction} only", r"template must contain \{text\} exactly once"),
     ],
 )
 def test_invalid_config_options_raise_at_creation(tmp_path, option, value, message):
     with pytest.raises(ValueError, match=message):
         CompressionConfig(output_dir=str(tmp_path), report_to="none", **{option: value})
+
+
+def test_custom_template_overrides_instruction_position(tmp_path):
+    layout = 'This sentence : "{text}" {instruction}'
+    config = CompressionConfig(output_dir=str(tmp_path), report_to="none", template=layout)
+    assert config.encoder_settings().template == layout
+    assert CompressionConfig(output_dir=str(tmp_path), report_to="none").encoder_settings().template == (
+        "{text}\n{instruction}"
+    )
 
 
 def test_truncation_in_the_trainer_collator(tmp_path, tokenizer):

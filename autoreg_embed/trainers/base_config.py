@@ -31,6 +31,13 @@ class EncoderTrainingConfig(TrainingArguments):
         default="after_text",
         metadata={"help": f"Where the instruction goes: {' or '.join(INSTRUCTION_TEMPLATES)} (paper: after_text)."},
     )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "A custom layout with {text} once and optionally {instruction}, overriding instruction_position; "
+            "e.g. 'This sentence : \"{text}\" {instruction}' reproduces the PromptEOL prompt around the text."
+        },
+    )
     add_bos: bool = field(default=True, metadata={"help": "Start every encoder input with the BOS token."})
     pooling: str = field(
         default="compress_mean", metadata={"help": f"Embedding pooling saved with the model: {POOLING_METHODS}."}
@@ -64,7 +71,7 @@ class EncoderTrainingConfig(TrainingArguments):
         """The :class:`EncoderSettings` these options describe."""
         return EncoderSettings(
             num_compress_tokens=self.num_compress_tokens,
-            template=INSTRUCTION_TEMPLATES[self.instruction_position],
+            template=self.template or INSTRUCTION_TEMPLATES[self.instruction_position],
             add_bos=self.add_bos,
             pooling=self.pooling,
             max_text_length=self.max_text_length,
