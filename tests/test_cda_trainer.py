@@ -720,3 +720,11 @@ def test_stage1_then_stage2_on_the_real_model(tmp_path, default_model_dir):
     losses = [entry["loss"] for entry in stage2.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert stage2.state.global_step == 2
+
+
+def test_template_without_instruction_slot_rejects_instructions(tmp_path):
+    layout = 'This sentence : "{text}" means in one word:"'
+    with pytest.raises(ValueError, match=r"instruction_next: The template .* has no \{instruction\} slot"):
+        CDAConfig(output_dir=str(tmp_path), report_to="none", template=layout)
+    empty = {f"instruction_{key}": "" for key in ("next", "self", "prev")}
+    assert CDAConfig(output_dir=str(tmp_path), report_to="none", template=layout, **empty).template == layout

@@ -293,6 +293,8 @@ def test_builder_custom_template_puts_text_in_the_middle(tokenizer):
         num_compress_tokens=0, template='This sentence : "{text}" means in one word:"', pooling="last", add_bos=False
     )
     assert EncoderInputBuilder(tokenizer, prompt_eol).build(["Hello world"])[0] == [*prefix, 19556, 905, *suffix]
+    with pytest.raises(ValueError, match=r"has no \{instruction\} slot, but the instruction 'Summarize\.'"):
+        EncoderInputBuilder(tokenizer, prompt_eol).build(["Hello world"], "Summarize.")
 
 
 def test_builder_template_with_instruction_before_text(tokenizer):

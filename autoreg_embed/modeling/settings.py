@@ -69,8 +69,16 @@ class EncoderSettings:
 
         An empty instruction also drops the separator written next to ``{instruction}`` in the default
         template, so that a text without instruction is just the text.
+
+        Raises:
+            ValueError: a non-empty instruction for a template without ``{instruction}`` (it would be lost).
         """
         template = self.template
+        if instruction and "{instruction}" not in template:
+            raise ValueError(
+                f"The template {template!r} has no {{instruction}} slot, but the instruction {instruction!r} was "
+                "given: add {instruction} to the template, or pass no instruction."
+            )
         if not instruction:
             template = template.replace("\n{instruction}", "").replace("{instruction}\n", "")
         prefix, suffix = template.split(TEXT_PLACEHOLDER)

@@ -95,6 +95,12 @@ class InstructionTrainingConfig(EncoderTrainingConfig):
         if self.instructions not in INSTRUCTION_PRESETS:
             raise ValueError(f"instructions must be one of {list(INSTRUCTION_PRESETS)}, got {self.instructions!r}.")
         super().__post_init__()
+        settings = self.encoder_settings()
+        for key, text in self.instruction_texts().items():
+            try:
+                settings.split_template(text)
+            except ValueError as error:
+                raise ValueError(f"instruction_{key}: {error} (set instruction_{key}='' to embed without it)") from None
 
     def instruction_texts(self) -> dict[str, str]:
         """The ``next`` / ``self`` / ``prev`` instructions: the preset, overridden by the custom strings."""
