@@ -37,7 +37,7 @@ from autoreg_embed import (
 )
 from autoreg_embed.data.loading import load_rows
 from autoreg_embed.evaluation import evaluate_sts
-from autoreg_embed.sentence_transformers import PROMPTEOL_TEMPLATE, baseline
+from autoreg_embed.sentence_transformers import PROMPTEOL_INSTRUCTION, PROMPTEOL_LAYOUT, PROMPTEOL_TEMPLATE, baseline
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,8 @@ SIZES = {
 LAYOUTS: dict[str, dict[str, Any]] = {
     "paper": {},
     "prompteol": {
-        "template": 'This sentence : "{text}" {instruction}',
-        "compress_token_init": ':"',
-        "instruction_next": "means in one word",
-        "instruction_self": "means in one word",
-        "instruction_prev": "means in one word",
+        **PROMPTEOL_LAYOUT,
+        **{f"instruction_{key}": PROMPTEOL_INSTRUCTION for key in ("next", "self", "prev")},
     },
 }
 """Encoder layouts of the trained recipes. ``paper``: ``{text}\\n{instruction}`` with the paper's STS instruction

@@ -33,7 +33,16 @@ from autoreg_embed import (
 )
 from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS
 from autoreg_embed.modeling.inputs import compress_token_ids
-from autoreg_embed.sentence_transformers import DEFAULT_PROMPTS, PROMPTEOL_TEMPLATE, AutoRegEmbedModule, baseline
+from autoreg_embed.sentence_transformers import (
+    DEFAULT_PROMPTS,
+    PROMPTEOL_INSTRUCTION,
+    PROMPTEOL_LAYOUT,
+    PROMPTEOL_TEMPLATE,
+    AutoRegEmbedModule,
+    baseline,
+    prompts_from_instructions,
+)
+from autoreg_embed.trainers.base_trainer import prepare_encoder
 
 TEXTS = ["A cat sits on the mat.", "Stock markets fell sharply on Monday after the announcement.", "", "Hi"]
 PROMPTS = {"query": "Find the text that answers this question:", "document": "This sentence means in one word: “"}
@@ -328,3 +337,19 @@ def test_an_empty_input_row_is_an_error_not_a_pad_state(base_model_dir):
     st = baseline(base_model_dir, "last", add_bos=False, device="cpu")  # template "{text}": "" has no tokens at all
     with pytest.raises(ValueError, match="empty"):
         st.encode([""])
+
+
+def test_prompteol_layout_with_one_compress_token_is_the_prompteol_baseline_at_step_0(base_model_dir, tmp_path):
+    instructions = {f"instruction_{key}": PROMPTEOL_INSTRUCTION for key in ("next", "self", "prev")}
+    config = CDAConfig(
+        output_dir=str(tmp_path), report_to="none", num_compress_tokens=1, **PROMPTEOL_LAYOUT, **instructions
+    )
+    model, tokenizer, settings = prepare_encoder(str(base_model_dir), None, config)
+    prompts = prompts_from_instructions(config.instruction_texts())
+    export_sentence_transformer(model, tokenizer, settings, tmp_path / "step0", prompts=prompts)
+    texts = ["A man is playing a guitar.", 'She said "hi".', "x"]
+    untrained = autoreg_embed.load(tmp_path / "step0", device="cpu").encode(texts, convert_to_tensor=True)
+    prompt_eol = baseline(base_model_dir, "last", PROMPTEOL_TEMPLATE, device="cpu").encode(
+        texts, convert_to_tensor=True
+    )
+    torch.testing.assert_close(untrained, prompt_eol, rtol=0, atol=1e-6)

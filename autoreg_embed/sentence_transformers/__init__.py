@@ -3,6 +3,8 @@
 from autoreg_embed.sentence_transformers.export import (
     DEFAULT_PROMPT_NAME,
     DEFAULT_PROMPTS,
+    PROMPTEOL_INSTRUCTION,
+    PROMPTEOL_LAYOUT,
     PROMPTEOL_TEMPLATE,
     baseline,
     export_sentence_transformer,
@@ -17,6 +19,8 @@ from autoreg_embed.sentence_transformers.module import AutoRegEmbedModule, embed
 __all__ = [
     "DEFAULT_PROMPTS",
     "DEFAULT_PROMPT_NAME",
+    "PROMPTEOL_INSTRUCTION",
+    "PROMPTEOL_LAYOUT",
     "PROMPTEOL_TEMPLATE",
     "AutoRegEmbedModule",
     "baseline",

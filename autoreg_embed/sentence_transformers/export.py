@@ -45,6 +45,12 @@ DEFAULT_PROMPT_NAME = "document"
 PROMPTEOL_TEMPLATE = 'This sentence : "{text}" means in one word:"'
 """The PromptEOL template (Jiang et al.), the usual training-free baseline with last-token pooling."""
 
+PROMPTEOL_INSTRUCTION = "means in one word"
+PROMPTEOL_LAYOUT = {"template": 'This sentence : "{text}" {instruction}', "compress_token_init": ':"'}
+"""Trainer-config options that start the encoder from the PromptEOL prompt: with ``PROMPTEOL_INSTRUCTION`` as the
+instruction(s) the input is PromptEOL's with its closing ``:"`` token replaced by compress tokens initialised from
+it, so with ``num_compress_tokens=1`` the untrained encoder equals ``baseline(name, "last", PROMPTEOL_TEMPLATE)``."""
+
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "config_sentence_transformers.json"
 MODEL_CARD_FILE = "README.md"
