@@ -41,6 +41,17 @@ def tokenizer(_session_tokenizer) -> PreTrainedTokenizerBase:
     return copy.deepcopy(_session_tokenizer)
 
 
+QUIET_CPU_RUN = {
+    "report_to": "none",
+    "save_strategy": "no",
+    "disable_tqdm": True,
+    "use_cpu": True,
+    "logging_steps": 1,
+    "train_sampling_strategy": "sequential",
+}
+"""TrainingArguments of the tests' tiny runs: CPU, batches in dataset order, a log every step, no saves or bars."""
+
+
 def make_tiny_model(architecture: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
     """A tiny random causal LM (2 layers, hidden 32) of the given architecture over ``tokenizer``'s vocabulary."""
     torch.manual_seed(seed)

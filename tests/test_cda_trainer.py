@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import SHARED_DATA, make_tiny_model
+from conftest import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,17 +58,12 @@ def cda_rows(count: int, num_negatives: int = 1) -> list[dict]:
 
 def cda_args(tmp_path, **overrides) -> CDAConfig:
     options = dict(
+        QUIET_CPU_RUN,
         output_dir=str(tmp_path / "cda"),
         per_device_train_batch_size=2,
         per_device_eval_batch_size=2,
         max_steps=1,
         learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        train_sampling_strategy="sequential",
         num_compress_tokens=K,
         max_text_length=32,
         max_instruction_length=32,

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import SHARED_DATA, make_tiny_model
+from conftest import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
@@ -42,16 +42,7 @@ LORA_MODULES = ["q_proj", "v_proj"]
 
 
 def make_config(tmp_path, **overrides) -> CompressionConfig:
-    options = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        use_cpu=True,
-        logging_steps=1,
-        train_sampling_strategy="sequential",
-    )
+    options = dict(QUIET_CPU_RUN, output_dir=str(tmp_path / "out"), per_device_train_batch_size=4)
     options.update(overrides)
     return CompressionConfig(**options)
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import QUIET_CPU_RUN, make_tiny_model
 from datasets import Dataset
 from peft import LoraConfig
 
@@ -37,17 +37,12 @@ def contrastive_rows(count: int, num_negatives: int = 1) -> list[dict]:
 
 def contrastive_args(tmp_path, **overrides) -> ContrastiveConfig:
     options = dict(
+        QUIET_CPU_RUN,
         output_dir=str(tmp_path / "contrastive"),
         per_device_train_batch_size=4,
         per_device_eval_batch_size=4,
         max_steps=1,
         learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        train_sampling_strategy="sequential",
         instructions="retrieval",
         max_text_length=32,
         max_instruction_length=32,
