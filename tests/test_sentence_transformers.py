@@ -42,6 +42,7 @@ from autoreg_embed.sentence_transformers import (
     baseline,
     prompts_from_instructions,
 )
+from autoreg_embed.sentence_transformers.export import check_prompts
 from autoreg_embed.trainers.base_trainer import prepare_encoder
 
 TEXTS = ["A cat sits on the mat.", "Stock markets fell sharply on Monday after the announcement.", "", "Hi"]
@@ -353,3 +354,10 @@ def test_prompteol_layout_with_one_compress_token_is_the_prompteol_baseline_at_s
         texts, convert_to_tensor=True
     )
     torch.testing.assert_close(untrained, prompt_eol, rtol=0, atol=1e-6)
+
+
+def test_export_refuses_prompts_for_a_template_without_instruction_slot():
+    settings = EncoderSettings(num_compress_tokens=0, pooling="last", template=PROMPTEOL_TEMPLATE)
+    with pytest.raises(ValueError, match=r"has no \{instruction\} slot, but the instruction 'Find it:'"):
+        check_prompts(settings, {"query": "Find it:"}, "query")
+    assert check_prompts(settings, {"query": ""}, "query") == ({"query": ""}, "query")

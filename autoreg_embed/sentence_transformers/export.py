@@ -68,8 +68,8 @@ def check_prompts(
             default prompt name that is not among the prompts.
     """
     prompts = dict(prompts)
-    if any(prompts.values()) and "{instruction}" not in settings.template:
-        raise ValueError(f"The template {settings.template!r} has no {{instruction}} slot for the prompts {prompts}.")
+    for prompt in prompts.values():
+        settings.split_template(prompt)  # raises for a prompt the template has no {instruction} slot for
     if not prompts:
         return prompts, None
     if default_prompt_name is not None and default_prompt_name not in prompts:

@@ -117,12 +117,9 @@ class AutoRegEmbedModule(InputModule):
         wrong = sorted({type(text).__name__ for text in texts if not isinstance(text, str)})
         if wrong:  # not a TypeError: on one, sentence-transformers retries with the prompt prepended to the text
             raise ValueError(f"AutoRegEmbedModule embeds strings only, got {wrong}.")
-        if prompt and "{instruction}" not in self._settings.template:
-            raise ValueError(
-                f"The template {self._settings.template!r} has no {{instruction}} slot, so the prompt {prompt!r} "
-                "would be ignored. Encode without a prompt, or use a template with {instruction}."
-            )
-        return self._builder(texts, prompt or "", padding_side=self._tokenizer.padding_side)
+        return self._builder(  # a prompt for a template without {instruction} is a ValueError there
+            texts, prompt or "", padding_side=self._tokenizer.padding_side
+        )
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         """Add ``sentence_embedding`` (and ``compress_states`` when k >= 1) to the preprocessed features."""
