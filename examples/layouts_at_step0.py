@@ -14,18 +14,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reproduce import layout_options  # the sibling driver script (this folder is on sys.path when run)
+
 from autoreg_embed import CDAConfig, load
 from autoreg_embed.evaluation import evaluate_sts
-from autoreg_embed.sentence_transformers import (
-    PROMPTEOL_INSTRUCTION,
-    PROMPTEOL_LAYOUT,
-    export_sentence_transformer,
-    prompts_from_instructions,
-)
+from autoreg_embed.sentence_transformers import export_sentence_transformer, prompts_from_instructions
 from autoreg_embed.trainers.base_trainer import prepare_encoder
 
 PAPER_INSTRUCTION_WITHOUT_QUOTE = {f"instruction_{key}": "This sentence means in one word:" for key in ("next", "self")}
-PROMPTEOL = {**PROMPTEOL_LAYOUT, **{f"instruction_{key}": PROMPTEOL_INSTRUCTION for key in ("next", "self")}}
+
+
+def prompteol(num_compress_tokens: int) -> dict[str, Any]:
+    """The driver's ``prompteol`` layout (encoder and instruction options) with k compress tokens."""
+    encoder, instructions = layout_options("prompteol", num_compress_tokens)
+    return {**encoder, **instructions}
+
+
 LAYOUTS: dict[str, dict[str, Any]] = {
     "paper, vocabulary-mean init, k=5": {"num_compress_tokens": 5},
     "paper, ' “' init, k=5": {"num_compress_tokens": 5, "compress_token_init": " “", **PAPER_INSTRUCTION_WITHOUT_QUOTE},
@@ -36,8 +40,8 @@ LAYOUTS: dict[str, dict[str, Any]] = {
         **PAPER_INSTRUCTION_WITHOUT_QUOTE,
     },
     "paper, ' “' init, k=1": {"num_compress_tokens": 1, "compress_token_init": " “", **PAPER_INSTRUCTION_WITHOUT_QUOTE},
-    "prompteol, ':\"' init, k=5": {"num_compress_tokens": 5, **PROMPTEOL},
-    "prompteol, ':\"' init, k=1": {"num_compress_tokens": 1, **PROMPTEOL},
+    "prompteol, ':\"' init, k=5": prompteol(5),
+    "prompteol, ':\"' init, k=1": prompteol(1),
 }
 """``paper``: ``{text}\\n{instruction}`` with the paper's STS instruction (its closing quote moved into the
 compress-token init where one is given). ``prompteol``: ``This sentence : "{text}" means in one word`` + ``:"``."""

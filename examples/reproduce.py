@@ -60,17 +60,14 @@ SIZES = {
 }
 
 
-LAYOUTS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "prompteol": {
-        **PROMPTEOL_LAYOUT,
-        **{f"instruction_{key}": PROMPTEOL_INSTRUCTION for key in ("next", "self", "prev")},
-    },
+LAYOUTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "paper": ({}, {}),
+    "prompteol": (PROMPTEOL_LAYOUT, {f"instruction_{key}": PROMPTEOL_INSTRUCTION for key in ("next", "self", "prev")}),
 }
-"""Encoder layouts of the trained recipes. ``paper``: ``{text}\\n{instruction}`` with the paper's STS instruction
-and vocabulary-mean compress tokens. ``prompteol``: the PromptEOL prompt around the text with the compress tokens
-started from its closing ``:"`` token, so that with k = 1 the untrained encoder *is* PromptEOL (step 0 = the
-prompt baseline)."""
+"""(encoder options, instruction options) of the trained recipes' layouts. ``paper``: ``{text}\\n{instruction}``
+with the paper's STS instruction and vocabulary-mean compress tokens. ``prompteol``: the PromptEOL prompt around
+the text with the compress tokens started from its closing ``:"`` token, so that with k = 1 the untrained encoder
+*is* PromptEOL (step 0 = the prompt baseline)."""
 
 
 def compression_rows(data: Path, count: int, seed: int) -> Dataset:
@@ -89,9 +86,8 @@ def triplets(data: Path, count: int, seed: int) -> Dataset:
 
 def layout_options(layout: str, num_compress_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(encoder options of every trainer, instruction options of the triplet trainers) of a layout."""
-    options = {key: value for key, value in LAYOUTS[layout].items() if not key.startswith("instruction_")}
-    instructions = {key: value for key, value in LAYOUTS[layout].items() if key.startswith("instruction_")}
-    return {**options, "num_compress_tokens": num_compress_tokens}, instructions
+    encoder, instructions = LAYOUTS[layout]
+    return {**encoder, "num_compress_tokens": num_compress_tokens}, dict(instructions)
 
 
 def common_options(sizes: Sizes, output_dir: Path, layout: dict[str, Any]) -> dict[str, Any]:
