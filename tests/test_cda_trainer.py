@@ -42,6 +42,7 @@ METRICS = (
     "logps/positive",
     "logps/negative",
     "logps/alignment_gap",
+    "embeddings/mean_cosine",
 )
 
 
@@ -279,7 +280,7 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
     assert adapter.reference.kind == "adapter" and adapter.reference.model is None
     from_adapter = adapter.reference_log_probs(batch)
     assert_close(from_adapter, from_copy)
-    policy = adapter.role_log_probs(adapter.model, ["policy_pos_next", "policy_neg_next"], batch)[0]
+    policy = adapter.role_log_probs(adapter.model, ["policy_pos_next", "policy_neg_next"], batch).values
     # the random (init_lora_weights=False) adapter changes the policy, but not the reference
     assert max_difference({"a": policy["policy_pos_next"]}, {"a": from_adapter["ref_pos_next"]}) > 1e-3
     trainable = [name for name, p in adapter.model.named_parameters() if p.requires_grad]
@@ -404,12 +405,12 @@ def test_two_adapters_train_align_only_and_reference_is_base_plus_stage1(tmp_pat
     ref_names = trainer.ref_names
     reference = trainer.reference_log_probs(batch)
     assert sorted(model.base_model.active_adapters) == ["align", "default"]  # restored after the reference pass
-    expected = trainer.role_log_probs(stage1_only, ref_names, batch)[0]
+    expected = trainer.role_log_probs(stage1_only, ref_names, batch).values
     assert_close(reference, expected)
     with stage1_only.disable_adapter():
-        base_only = trainer.role_log_probs(stage1_only, ref_names, batch)[0]
+        base_only = trainer.role_log_probs(stage1_only, ref_names, batch).values
     assert max_difference(reference, base_only) > 1e-3  # the stage-1 adapter is part of the reference
-    policy = trainer.role_log_probs(model, ["policy_pos_next", "policy_neg_next"], batch)[0]
+    policy = trainer.role_log_probs(model, ["policy_pos_next", "policy_neg_next"], batch).values
     assert max_difference({"x": policy["policy_pos_next"]}, {"x": reference["ref_pos_next"]}) > 1e-3
 
     # the decoder is the base alone (both adapters off)

@@ -115,6 +115,49 @@ def test_loss_equals_mean_target_nll_computed_independently(tmp_path, tokenizer,
     assert abs(expected - math.log(len(tokenizer))) < 2.0
 
 
+def test_readout_gain_is_own_minus_previous_rows_states_computed_independently(tmp_path, tokenizer):
+    k = 2
+    trainer = make_trainer(
+        tmp_path, tokenizer, model=make_tiny_model("llama", tokenizer, seed=2), num_compress_tokens=k
+    )
+    trainer.model.eval()
+    rows = ROWS[:4]
+    batch = trainer.data_collator(rows)
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+    logged = trainer._metrics["eval"]["readout_gain"]
+    assert len(logged) == 1
+
+    # Independent reference: unpadded rows, float64 log-softmax; target i scored with row i's and row i-1's states.
+    decoder = trainer.frozen_decoder.decoder
+    with torch.no_grad():
+        states, targets = [], []
+        for b in range(len(rows)):
+            ids = batch["input_ids"][b, : int(batch["attention_mask"][b].sum())]
+            states.append(trainer.model(input_ids=ids[None], output_hidden_states=True).hidden_states[-1][0, -k:])
+            targets.append(batch["target_ids"][b, : int(batch["target_mask"][b].sum())])
+
+        def mean_log_prob(prefix, target):
+            embeds = torch.cat([prefix, decoder.get_input_embeddings()(target)], dim=0)
+            log_probs = torch.log_softmax(decoder(inputs_embeds=embeds[None]).logits[0].double(), dim=-1)
+            return sum(log_probs[k - 1 + j, token].item() for j, token in enumerate(target.tolist())) / len(target)
+
+        gains = [mean_log_prob(states[b], targets[b]) - mean_log_prob(states[b - 1], targets[b]) for b in range(4)]
+    expected = sum(gains) / len(gains)
+    assert logged[0] == pytest.approx(expected, abs=1e-5)
+    assert any(abs(gain) > 1e-3 for gain in gains)  # the rows' states differ, so the check is not 0 == 0
+
+
+def test_readout_gain_is_logged_in_evaluation_only(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, max_steps=2, logging_steps=1)
+    trainer.train()
+    assert not any("readout_gain" in entry for entry in trainer.state.log_history)
+    metrics = trainer.evaluate(Dataset.from_list(ROWS))
+    assert "eval_readout_gain" in metrics and math.isfinite(metrics["eval_readout_gain"])
+    assert -1.0 <= metrics["eval_embeddings/mean_cosine"] <= 1.0
+    assert all("embeddings/mean_cosine" in entry for entry in trainer.state.log_history if "loss" in entry)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 2. Gradients reach only the encoder (full fine-tuning) / only LoRA + compress rows (PEFT)
 # --------------------------------------------------------------------------------------------------------------
@@ -238,6 +281,8 @@ def test_loss_decreases_when_overfitting_eight_rows(tmp_path, tokenizer):
     # the logged metric is the same quantity with the opposite sign
     last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     assert last["target_log_prob_per_token"] == pytest.approx(-last["loss"], rel=1e-4)
+    # the loss fell because the decoder reads the states: the previous row (other parity) scores far lower
+    assert trainer.evaluate(Dataset.from_list(PARITY_ROWS))["eval_readout_gain"] > 1.0  # measured: 3.07
 
 
 # --------------------------------------------------------------------------------------------------------------

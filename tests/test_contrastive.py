@@ -18,6 +18,7 @@ from autoreg_embed.data.collators import ContrastiveCollator
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
 from autoreg_embed.data.schema import DataValidationError
 from autoreg_embed.losses.contrastive import info_nce_loss
+from autoreg_embed.trainers.base_trainer import mean_pairwise_cosine
 
 RETRIEVAL = INSTRUCTION_PRESETS["retrieval"]
 """Distinct I_next / I_self, so that a query row and a document row of the same text differ."""
@@ -295,6 +296,9 @@ def test_compute_loss_equals_info_nce_of_row_by_row_embeddings(tmp_path, tokeniz
     assert metrics["cosine/positive"][-1] == pytest.approx((queries * positives).sum(-1).mean().item(), abs=1e-5)
     expected_negative = torch.einsum("bh,bnh->bn", queries, negatives).mean().item()
     assert metrics["cosine/negative"][-1] == pytest.approx(expected_negative, abs=1e-5)
+    pairs = [(i, j) for i in range(3) for j in range(3) if i != j]  # the collapse alarm: the queries' spread
+    expected_spread = sum(float(queries[i].double() @ queries[j].double()) for i, j in pairs) / len(pairs)
+    assert metrics["embeddings/mean_cosine"][-1] == pytest.approx(expected_spread, abs=1e-6)
 
 
 def test_in_batch_negatives_change_the_loss(tmp_path, tokenizer):
@@ -342,7 +346,7 @@ def test_loss_falls_when_overfitting_and_the_saved_model_embeds_like_the_trainer
     assert all(math.isfinite(loss) for loss in losses) and math.isfinite(output.training_loss)
     assert losses[-1] < losses[0] - 0.3, losses
     for entry in logs:
-        assert {"cosine/positive", "cosine/negative"} <= entry.keys(), entry
+        assert {"cosine/positive", "cosine/negative", "embeddings/mean_cosine"} <= entry.keys(), entry
         assert -1.0 <= entry["cosine/negative"] <= 1.0 and -1.0 <= entry["cosine/positive"] <= 1.0
     margins = [entry["cosine/positive"] - entry["cosine/negative"] for entry in logs]
     assert margins[-1] > margins[0], margins  # positives pulled closer than the hard negatives
@@ -425,3 +429,14 @@ def test_empty_query_names_column_and_row(tmp_path, tokenizer):
 def test_invalid_options_raise_at_config_creation(tmp_path, option, pattern):
     with pytest.raises(ValueError, match=pattern):
         contrastive_args(tmp_path, **option)
+
+
+def test_mean_pairwise_cosine_equals_a_float64_loop_and_flags_a_collapse():
+    torch.manual_seed(0)
+    embeddings = torch.randn(5, 7) * torch.arange(1, 6)[:, None]  # unnormalised rows of different lengths
+    unit = [row.double() / row.double().norm() for row in embeddings]
+    expected = sum(float(unit[i] @ unit[j]) for i in range(5) for j in range(5) if i != j) / 20
+    assert mean_pairwise_cosine(embeddings).item() == pytest.approx(expected, abs=1e-12)
+    assert mean_pairwise_cosine(embeddings[:1].expand(4, -1)).item() == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        mean_pairwise_cosine(embeddings[:1])

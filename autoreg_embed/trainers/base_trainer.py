@@ -32,6 +32,16 @@ from autoreg_embed.trainers.base_config import EncoderTrainingConfig, Instructio
 logger = logging.getLogger(__name__)
 
 
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between the different rows (at least 2) of (N, H) ``embeddings``."""
+    count = embeddings.shape[0]
+    if count < 2:
+        raise ValueError(f"mean_pairwise_cosine needs at least 2 rows, got {count}.")
+    unit = torch.nn.functional.normalize(embeddings.detach().double(), dim=-1)
+    total = unit.sum(dim=0).square().sum() - count  # sum over all ordered pairs i != j of cos(i, j)
+    return total / (count * (count - 1))
+
+
 def prepare_encoder(
     model: str | PreTrainedModel | None,
     processing_class: PreTrainedTokenizerBase | None,
@@ -194,6 +204,15 @@ class AutoRegTrainer(Trainer):
         mode = "train" if self.model.training else "eval"
         for key, value in values.items():
             self._metrics[mode][key].append(float(value.detach().float().mean()) if torch.is_tensor(value) else value)
+
+    def record_embedding_spread(self, embeddings: torch.Tensor) -> None:
+        """Log ``embeddings/mean_cosine``, the :func:`mean_pairwise_cosine` of a batch's embeddings.
+
+        A collapse alarm: a loss can keep falling while every text gets nearly the same embedding (values near 1
+        where step 0 was lower), which ruins retrieval and STS. Batches of one text are skipped.
+        """
+        if embeddings.shape[0] > 1:
+            self.record_metrics({"embeddings/mean_cosine": mean_pairwise_cosine(embeddings)})
 
     def check_finite(self, loss: torch.Tensor) -> None:
         """Stop training with a clear message instead of continuing on a NaN/inf loss."""

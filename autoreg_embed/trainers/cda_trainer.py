@@ -6,9 +6,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from datasets import Dataset
@@ -43,6 +43,17 @@ def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
                 digest.update(f"{name}{tuple(parameter.shape)}{values.sum().item():.12e}".encode())
                 digest.update(f"{values.square().sum().item():.12e}".encode())
     return digest.hexdigest()
+
+
+class RoleLogProbs(NamedTuple):
+    """What :meth:`CDATrainer.role_log_probs` returns."""
+
+    values: dict[str, torch.Tensor]
+    """Log-probs by name, (B,) or (B, n)."""
+    distributions_of: Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+    """Name -> its (B', T, V) next-token log-distributions and target mask (only when asked for)."""
+    embeddings: torch.Tensor
+    """(R, H) pooled embeddings of the batch's distinct encoded rows."""
 
 
 class CDATrainer(AutoRegTrainer):
@@ -131,18 +142,16 @@ class CDATrainer(AutoRegTrainer):
 
     def role_log_probs(
         self, encoder: nn.Module, names: Sequence[str], inputs: dict[str, torch.Tensor], distributions: bool = False
-    ) -> tuple[dict[str, torch.Tensor], Any]:
+    ) -> RoleLogProbs:
         """Log-probs of ``names`` with one encoder pass (distinct rows) and one decoder pass (distinct pairs).
 
-        Returns the values by name ((B,) or (B, n)) and, when ``distributions``, a function mapping a name to
-        its (B, T, V) next-token log-distributions and target mask.
+        ``distributions``: also keep the full next-token log-distributions (KL / JS similarities).
         """
         prefix = torch.cat([inputs[f"{name}.prefix_index"].flatten() for name in names])
         target = torch.cat([inputs[f"{name}.target_index"].flatten() for name in names])
         rows, row_of = prefix.unique(return_inverse=True)
-        states = encode(
-            encoder, inputs["input_ids"][rows], inputs["attention_mask"][rows], self.encoder_settings
-        ).compress_states
+        encoded = encode(encoder, inputs["input_ids"][rows], inputs["attention_mask"][rows], self.encoder_settings)
+        states = encoded.compress_states
         pairs, pair_of = torch.stack([row_of, target]).unique(dim=1, return_inverse=True)
         target_ids, target_mask = inputs["target_ids"][pairs[1]], inputs["target_mask"][pairs[1]]
         with self.frozen_decoder() as decoder:
@@ -161,20 +170,20 @@ class CDATrainer(AutoRegTrainer):
             index = offsets[name]
             return scored.log_probs[index], target_mask[index]
 
-        return values, distributions_of
+        return RoleLogProbs(values, distributions_of, encoded.embedding)
 
     def reference_log_probs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The ``ref_*`` log-probs of a batch: precomputed columns, or one no-grad pass of the reference."""
         if self.args.precompute_ref_log_probs:
             return {name: inputs[name] for name in self.ref_names}
         with torch.no_grad(), self.reference() as reference:
-            return self.role_log_probs(reference, self.ref_names, inputs)[0]
+            return self.role_log_probs(reference, self.ref_names, inputs).values
 
     def compute_cda_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> CDALossOutput:
         """Run policy and reference on a batch and combine them with :func:`strategy_loss`."""
         policy_names = [name for name in self.log_prob_names if not name.startswith("ref_")]
         divergence = self.args.similarity != "log_prob"
-        log_probs, distributions_of = self.role_log_probs(model, policy_names, inputs, distributions=divergence)
+        log_probs, distributions_of, embeddings = self.role_log_probs(model, policy_names, inputs, divergence)
         log_probs.update(self.reference_log_probs(inputs))
         s1_override = None
         if divergence:
@@ -203,6 +212,7 @@ class CDATrainer(AutoRegTrainer):
                 "logps/alignment_gap": output.alignment_gap.mean(),
             }
         )
+        self.record_embedding_spread(embeddings)
         return output
 
     def compute_loss(
@@ -254,7 +264,7 @@ class CDATrainer(AutoRegTrainer):
             for batch in tqdm(loader, desc=f"Reference log-probs ({split})", disable=quiet):
                 batch = self._prepare_inputs(batch)
                 with torch.no_grad(), self.reference() as reference:
-                    values = self.role_log_probs(reference, self.ref_names, batch)[0]
+                    values = self.role_log_probs(reference, self.ref_names, batch).values
                 for name, value in values.items():
                     columns[name].extend(value.float().cpu().tolist())
             if self.args.should_save:

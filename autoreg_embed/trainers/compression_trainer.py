@@ -76,12 +76,29 @@ class CompressionTrainer(AutoRegTrainer):
         num_tokens = inputs["target_mask"].sum()
         loss = -log_probs.token_log_probs.sum() / num_tokens
         self.check_finite(loss)
-        self.record_metrics(
-            {
-                "target_log_prob_per_token": log_probs.mean.mean(),
-                "target_tokens": num_tokens.float() / inputs["target_mask"].shape[0],
-            }
-        )
+        metrics = {
+            "target_log_prob_per_token": log_probs.mean.mean(),
+            "target_tokens": num_tokens.float() / inputs["target_mask"].shape[0],
+        }
+        if not model.training and inputs["target_ids"].shape[0] > 1:
+            metrics["readout_gain"] = self.readout_gain(encoded.compress_states, inputs, log_probs.mean)
+        self.record_metrics(metrics)
+        self.record_embedding_spread(encoded.embedding)
         if return_outputs:
             return loss, {"embedding": encoded.embedding}
         return loss
+
+    def readout_gain(
+        self, compress_states: torch.Tensor, inputs: dict[str, torch.Tensor], own_log_probs: torch.Tensor
+    ) -> torch.Tensor:
+        """Nats per target token that the decoder gains from a row's own compress states over another row's.
+
+        Each target is scored once more with the states of the previous row in the batch (``own_log_probs`` are
+        the per-token means with its own states). Near 0, the decoder does not read the states: a falling loss
+        then only reflects a better constant prefix, and stage 2 (CDA) has no signal to align.
+        """
+        with torch.no_grad(), self.frozen_decoder() as decoder:
+            other = conditional_log_probs(
+                decoder, compress_states.roll(1, dims=0), inputs["target_ids"], inputs["target_mask"]
+            )
+        return (own_log_probs - other.mean).mean()

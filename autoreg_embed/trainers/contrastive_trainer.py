@@ -72,4 +72,5 @@ class ContrastiveTrainer(AutoRegTrainer):
         if negatives is not None:
             metrics["cosine/negative"] = torch.einsum("bh,bnh->bn", queries.float(), negatives[:batch].float()).mean()
         self.record_metrics(metrics)
+        self.record_embedding_spread(queries)
         return (loss, {"embedding": embeddings}) if return_outputs else loss
