@@ -50,12 +50,21 @@ class Sizes:
     sts_pairs: int
     max_length: int
     batch_size: int
+    readout_rows: int
 
 
 SIZES = {
-    "smoke": Sizes(compression_rows=16, triplets=16, curve=(8, 16), sts_pairs=40, max_length=48, batch_size=4),
+    "smoke": Sizes(
+        compression_rows=16, triplets=16, curve=(8, 16), sts_pairs=40, max_length=48, batch_size=4, readout_rows=8
+    ),
     "small": Sizes(
-        compression_rows=400, triplets=600, curve=(150, 300, 600), sts_pairs=500, max_length=96, batch_size=8
+        compression_rows=400,
+        triplets=600,
+        curve=(150, 300, 600),
+        sts_pairs=500,
+        max_length=96,
+        batch_size=8,
+        readout_rows=48,
     ),
 }
 
@@ -70,12 +79,20 @@ the text with the compress tokens started from its closing ``:"`` token, so that
 *is* PromptEOL (step 0 = the prompt baseline)."""
 
 
-def compression_rows(data: Path, count: int, seed: int) -> Dataset:
-    """``count`` rows drawn evenly from the SQuAD, XQuAD and PubMedQA compression files."""
-    files = ["squad2_devhalf_answerable.jsonl", "xquad_en.jsonl", "pubmedqa_pqal.jsonl"]
-    parts = [load_rows(data / "compression" / name).shuffle(seed=seed) for name in files]
-    per_file = -(-count // len(parts))
-    return concatenate_datasets([part.select(range(min(per_file, len(part)))) for part in parts]).select(range(count))
+COMPRESSION_FILES = ("squad2_devhalf_answerable.jsonl", "xquad_en.jsonl", "pubmedqa_pqal.jsonl")
+
+
+def per_file(count: int) -> int:
+    """Rows taken from each compression file for ``count`` rows in all."""
+    return -(-count // len(COMPRESSION_FILES))
+
+
+def compression_rows(data: Path, count: int, seed: int, skip: int = 0) -> Dataset:
+    """``count`` rows drawn evenly from the SQuAD, XQuAD and PubMedQA compression files, after the first ``skip``
+    rows of each file's shuffle (so ``skip=per_file(n)`` gives rows unseen by a stage 1 on ``n`` rows)."""
+    parts = [load_rows(data / "compression" / name).shuffle(seed=seed) for name in COMPRESSION_FILES]
+    stop = skip + per_file(count)
+    return concatenate_datasets([part.select(range(skip, min(stop, len(part)))) for part in parts]).select(range(count))
 
 
 def triplets(data: Path, count: int, seed: int) -> Dataset:
@@ -112,6 +129,12 @@ def timed(function: Callable[[], Any]) -> tuple[Any, float]:
 
 def sts_score(model: Any, data: Path, sizes: Sizes) -> float:
     return evaluate_sts(model, data / "sts" / "stsb_dev.jsonl", limit=sizes.sts_pairs)["spearman"]
+
+
+def readout_gain(model: str | None, rows: Dataset, sizes: Sizes, output_dir: Path, layout: dict[str, Any]) -> float:
+    """Nats per target token the frozen decoder gains from ``model``'s compress states (see docs/compression.md)."""
+    args = CompressionConfig(**common_options(sizes, output_dir, layout), max_target_length=sizes.max_length)
+    return CompressionTrainer(model=model, args=args, train_dataset=rows).evaluate(rows)["eval_readout_gain"]
 
 
 def train(trainer: Any, output_dir: Path) -> list[dict[str, float]]:
@@ -153,6 +176,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         losses["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
     score, eval_seconds = timed(lambda: sts_score(load(stage1_dir), data, sizes))
     recipes["(d) compression only"] = {"spearman": score, "seconds": seconds + eval_seconds}
+    held_out = compression_rows(data, sizes.readout_rows, args.seed, skip=per_file(sizes.compression_rows))
+    results["readout_gain"] = {
+        "untrained": readout_gain(None, held_out, sizes, out / "readout", layout),
+        "stage 1": readout_gain(str(stage1_dir), held_out, sizes, out / "readout", layout),
+    }
 
     for count in sorted({*(args.curve or sizes.curve), sizes.triplets}):
         rows = triplets(data, count, args.seed)
@@ -214,6 +242,11 @@ def write_outputs(results: dict[str, Any], losses: dict[str, list[dict[str, floa
         "|---|---|---|",
     ]
     lines += [f"| {name} | {r['spearman']:.2f} | {r['seconds']:.0f} |" for name, r in results["recipes"].items()]
+    gains = ", ".join(f"{name} {gain:.3f}" for name, gain in results["readout_gain"].items())
+    lines += [
+        "",
+        f"Decoder readout gain (nats per target token, {sizes['readout_rows']} held-out compression rows): {gains}.",
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     counts = sorted(results["curve"], key=int)

@@ -19,6 +19,14 @@ sys.path.insert(0, str(EXAMPLES))
 import reproduce  # noqa: E402  (an example script, importable from its folder)
 
 
+def test_held_out_compression_rows_are_unseen_by_stage_1():
+    train = reproduce.compression_rows(SHARED_DATA, 400, seed=0)
+    held_out = reproduce.compression_rows(SHARED_DATA, 48, seed=0, skip=reproduce.per_file(400))
+    assert len(train) == 400 and len(held_out) == 48
+    seen = {(row["context"], row["instruction"]) for row in train}
+    assert not seen & {(row["context"], row["instruction"]) for row in held_out}
+
+
 def test_layout_options_build_valid_trainer_configs(tmp_path):
     encoder, instructions = reproduce.layout_options("prompteol", 1)
     assert encoder == {**PROMPTEOL_LAYOUT, "num_compress_tokens": 1}
@@ -64,5 +72,8 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
     assert all(-100 <= r["spearman"] <= 100 and r["seconds"] > 0 for r in recipes.values())
     table = (tmp_path / "results.md").read_text()
     assert "| (c) compression + CDA |" in table and "layout `prompteol`, k = 1" in table
+    assert set(results["readout_gain"]) == {"untrained", "stage 1"}
+    assert all(abs(gain) < 20 for gain in results["readout_gain"].values())  # nats per token, finite
+    assert "Decoder readout gain" in table
     for name in ("learning_curve.png", "loss_curves.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
