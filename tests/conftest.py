@@ -8,8 +8,12 @@ import pytest
 import torch
 from transformers import (
     AutoTokenizer,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GraniteConfig,
+    GraniteForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -21,6 +25,8 @@ from transformers import (
 from autoreg_embed import default_model_path
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
+LOGIT_POSTPROCESSING_ARCHITECTURES = ("gemma2", "granite")
+"""Models whose forward changes the logits after the LM head (tested where the decoder's logits matter)."""
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -79,6 +85,31 @@ def make_tiny_model(architecture: str, tokenizer: PreTrainedTokenizerBase, seed:
             **special,
         )
         model = Qwen2ForCausalLM(config)
+    elif architecture == "gemma2":  # final-logit soft-capping (small cap: a large effect)
+        config = Gemma2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            final_logit_softcapping=0.3,
+            **special,
+        )
+        model = Gemma2ForCausalLM(config)
+    elif architecture == "granite":  # logits divided by logits_scaling
+        config = GraniteConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            logits_scaling=4.0,
+            **special,
+        )
+        model = GraniteForCausalLM(config)
     elif architecture == "gpt2":
         config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=1024, **special)
         model = GPT2LMHeadModel(config)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_model
+from conftest import ARCHITECTURES, LOGIT_POSTPROCESSING_ARCHITECTURES, make_tiny_model
 
 from autoreg_embed.modeling import (
     SETTINGS_FILE,
@@ -25,6 +25,7 @@ from autoreg_embed.modeling import (
     last_hidden_states,
     pad_sequences,
 )
+from autoreg_embed.modeling.decoder import has_plain_lm_head
 
 TEXTS = [
     "A cat sat on the mat.",
@@ -552,8 +553,10 @@ def test_encode_without_normalization_and_short_rows(tokenizer):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES + LOGIT_POSTPROCESSING_ARCHITECTURES)
 def test_conditional_log_probs_matches_independent_computation(architecture, tokenizer):
     decoder = make_tiny_model(architecture, tokenizer, seed=1)
+    assert has_plain_lm_head(decoder) == (architecture in ARCHITECTURES)
     rows, targets = target_batch(tokenizer)
     k = 3
     prefix = random_prefix(len(rows), k, 32)
@@ -574,6 +577,17 @@ def test_conditional_log_probs_matches_independent_computation(architecture, tok
             assert out.sum[b].item() == pytest.approx(sum(expected), abs=1e-4)
             assert out.mean[b].item() == pytest.approx(sum(expected) / len(row), abs=1e-5)
     assert (out.token_log_probs[targets["attention_mask"].bool()] < 0).all()
+
+
+@pytest.mark.parametrize("architecture", LOGIT_POSTPROCESSING_ARCHITECTURES)
+def test_post_processed_logits_differ_from_the_plain_lm_head(architecture, tokenizer):
+    """The check behind has_plain_lm_head is not vacuous: these models' logits are not lm_head(hidden)."""
+    decoder = make_tiny_model(architecture, tokenizer, seed=1)
+    input_ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        outputs = decoder(input_ids=input_ids, output_hidden_states=True)
+        plain = decoder.get_output_embeddings()(outputs.hidden_states[-1])
+    assert (plain - outputs.logits).abs().max() > 0.1
 
 
 def test_conditional_log_probs_right_padding_invariance_and_mean(tokenizer):

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from autoreg_embed.default_model import resolve_model_name_or_path
 from autoreg_embed.modeling.checkpoint import load_causal_lm
-from autoreg_embed.modeling.encoder import last_hidden_states
+from autoreg_embed.modeling.encoder import last_hidden_states, position_ids_from_mask
 from autoreg_embed.modeling.settings import EncoderSettings
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,16 @@ def conditional_log_probs(
     inputs_embeds = torch.cat([prefix.to(target_embeds.dtype), target_embeds], dim=1)
     prefix_mask = torch.ones(prefix.shape[:2], dtype=target_mask.dtype, device=target_mask.device)
     attention_mask = torch.cat([prefix_mask, target_mask], dim=1)
-    hidden = last_hidden_states(decoder, attention_mask, inputs_embeds=inputs_embeds)
-    predicting = hidden[:, num_prefix - 1 : num_prefix - 1 + target_ids.shape[1]]
-    lm_head = decoder.get_output_embeddings()
+    predicting_positions = slice(num_prefix - 1, num_prefix - 1 + target_ids.shape[1])
+    if has_plain_lm_head(decoder):
+        hidden = last_hidden_states(decoder, attention_mask, inputs_embeds=inputs_embeds)
+        predicting, lm_head = hidden[:, predicting_positions], decoder.get_output_embeddings()
+    else:  # the model post-processes its logits: take them from its own forward (B x T x V in memory)
+        position_ids = position_ids_from_mask(attention_mask)
+        logits = decoder(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
+        predicting, lm_head = logits[:, predicting_positions], nn.Identity()
     if return_distributions:
         log_probs = at_least_float32(lm_head(predicting)).log_softmax(dim=-1)
         token_log_probs = log_probs.gather(-1, target_ids[..., None]).squeeze(-1) * target_mask.to(log_probs.dtype)
@@ -84,6 +92,27 @@ def conditional_log_probs(
     targets = target_ids[real]
     token_log_probs[real] = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(dim=-1)
     return ConditionalLogProbs(token_log_probs, target_mask)
+
+
+_PLAIN_LM_HEAD: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def has_plain_lm_head(decoder: nn.Module) -> bool:
+    """Whether ``decoder``'s logits are its output embedding applied to its last hidden states (checked once).
+
+    True for Llama, Qwen2, GPT-2, SmolLM2, Mistral; False for models whose forward post-processes the logits
+    (Gemma-2/3 soft-capping, Cohere and Granite logit scaling). :func:`conditional_log_probs` then takes the
+    logits from the model's own forward instead of projecting only the real target positions.
+    """
+    if decoder not in _PLAIN_LM_HEAD:
+        device = decoder.get_input_embeddings().weight.device
+        input_ids = torch.arange(1, 4, device=device)[None]
+        mask = torch.ones_like(input_ids)
+        with torch.no_grad():
+            logits = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).logits.float()
+            projected = decoder.get_output_embeddings()(last_hidden_states(decoder, mask, input_ids=input_ids))
+        _PLAIN_LM_HEAD[decoder] = torch.allclose(projected.float(), logits, rtol=1e-5, atol=1e-5)  # strict: safe side
+    return _PLAIN_LM_HEAD[decoder]
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
