@@ -11,7 +11,7 @@ import torch
 from conftest import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 
 from autoreg_embed import CompressionConfig, CompressionTrainer, EncoderInputBuilder, encode, load_encoder
 from autoreg_embed.data import DataValidationError, load_rows
@@ -256,19 +256,7 @@ def test_loss_decreases_when_overfitting_eight_rows(tmp_path, tokenizer):
     # from log(49157) ~ 10.8 to ~10.3. A wider model with a larger init lets the prefix move the logits: measured
     # over 30 steps (seeds 0 and 1): first ~11.7-12.6, last ~4.0-4.1 (drops of 7.7 and 8.6). We assert a drop of
     # 3 nats and a final loss under 8, well inside that.
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
+    model = make_tiny_model("llama", tokenizer, seed=0, hidden_size=64, intermediate_size=128, initializer_range=0.2)
     trainer = make_trainer(
         tmp_path, tokenizer, model=model, rows=PARITY_ROWS, num_train_epochs=15, learning_rate=1e-3, seed=0
     )
