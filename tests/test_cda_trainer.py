@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-from conftest import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model
 from datasets import Dataset
+from helpers import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model, requires_shared_data
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -670,6 +670,7 @@ def test_invalid_options_raise_at_config_creation(tmp_path, option, pattern):
 # ---- 10. the real model, stage 1 then stage 2 ----------------------------------------------------------------
 
 
+@requires_shared_data
 @pytest.mark.slow
 def test_stage1_then_stage2_on_the_real_model(tmp_path, default_model_dir):
     common = dict(

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, make_tiny_model
+from helpers import SHARED_DATA, make_tiny_model, requires_shared_data
 
 from autoreg_embed.cli import DataArguments, ModelArguments, main, parse_stage_arguments
 from autoreg_embed.trainers import CDAConfig, CompressionConfig
@@ -61,6 +61,7 @@ def tiny_model_dir(tmp_path, tokenizer):
     return folder
 
 
+@requires_shared_data
 def test_stages_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
     common = ["--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "2", "--report_to", "none"]
     common += ["--use_cpu", "true"]

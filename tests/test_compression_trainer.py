@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model
 from datasets import Dataset
+from helpers import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model, requires_shared_data
 from peft import LoraConfig
 from transformers import TrainerCallback
 
@@ -712,6 +712,7 @@ def test_truncation_in_the_trainer_collator(tmp_path, tokenizer):
     assert trainer.data_collator.truncations["text"] == 2
 
 
+@requires_shared_data
 def test_load_rows_shared_file_trains_in_trainer(tmp_path, tokenizer):
     rows = load_rows(SHARED_DATA / "compression" / "xquad_en.jsonl").select(range(4))
     trainer = CompressionTrainer(
@@ -729,6 +730,7 @@ def test_load_rows_shared_file_trains_in_trainer(tmp_path, tokenizer):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@requires_shared_data
 @pytest.mark.slow
 def test_real_smollm2_few_steps_lower_the_loss(tmp_path, default_model_dir):
     rows = load_rows(SHARED_DATA / "compression" / "squad2_devhalf_answerable.jsonl").select(range(8))

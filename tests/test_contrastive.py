@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import QUIET_CPU_RUN, make_tiny_model
 from datasets import Dataset
+from helpers import QUIET_CPU_RUN, make_tiny_model
 from peft import LoraConfig
 
 import autoreg_embed

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA
 from datasets import Dataset
+from helpers import SHARED_DATA, requires_shared_data
 
 from autoreg_embed import EncoderInputBuilder, EncoderSettings
 from autoreg_embed.data import CompressionCollator, DataValidationError, TargetBuilder, load_rows, validate_rows
@@ -283,6 +283,7 @@ def test_load_rows_passes_a_dataset_through():
     assert load_rows(dataset) is dataset
 
 
+@requires_shared_data
 def test_load_rows_shared_compression_file():
     loaded = load_rows(SHARED_DATA / "compression" / "xquad_en.jsonl")
     assert set(COLUMNS) <= set(loaded.column_names)

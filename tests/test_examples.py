@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA, requires_shared_data
 
 from autoreg_embed import CDAConfig, CompressionConfig
 from autoreg_embed.sentence_transformers import PROMPTEOL_INSTRUCTION, PROMPTEOL_LAYOUT
@@ -19,6 +19,7 @@ sys.path.insert(0, str(EXAMPLES))
 import reproduce  # noqa: E402  (an example script, importable from its folder)
 
 
+@requires_shared_data
 def test_held_out_compression_rows_are_unseen_by_stage_1():
     train = reproduce.compression_rows(SHARED_DATA, 400, seed=0)
     held_out = reproduce.compression_rows(SHARED_DATA, 48, seed=0, skip=reproduce.per_file(400))
@@ -38,6 +39,7 @@ def test_layout_options_build_valid_trainer_configs(tmp_path):
     assert reproduce.layout_options("paper", 5) == ({"num_compress_tokens": 5}, {})
 
 
+@requires_shared_data
 @pytest.mark.slow
 def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
     command = [

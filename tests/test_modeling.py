@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ARCHITECTURES, LOGIT_POSTPROCESSING_ARCHITECTURES, make_tiny_model
+from helpers import ARCHITECTURES, LOGIT_POSTPROCESSING_ARCHITECTURES, make_tiny_model
 
 from autoreg_embed.modeling import (
     SETTINGS_FILE,

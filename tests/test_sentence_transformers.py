@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ARCHITECTURES, make_tiny_model
 from datasets import Dataset
+from helpers import ARCHITECTURES, make_tiny_model
 from peft import LoraConfig, get_peft_model
 from sentence_transformers import SentenceTransformer
 
