@@ -18,6 +18,8 @@ from autoreg_embed.trainers import (
     CompressionTrainer,
     ContrastiveConfig,
     ContrastiveTrainer,
+    DistillConfig,
+    DistillTrainer,
 )
 
 __version__ = "0.1.0.dev0"
@@ -31,6 +33,8 @@ __all__ = [
     "CompressionTrainer",
     "ContrastiveConfig",
     "ContrastiveTrainer",
+    "DistillConfig",
+    "DistillTrainer",
     "EncoderInputBuilder",
     "EncoderSettings",
     "FrozenDecoder",

@@ -65,6 +65,22 @@ class DataArguments:
     )
     eval_file: str | None = field(default=None, metadata={"help": "Evaluation data (same columns)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    rename_columns: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated old:new column renames, e.g. 'context:text,target:output'."},
+    )
+
+    def column_renames(self) -> dict[str, str]:
+        """``rename_columns`` as a mapping (empty when not set)."""
+        renames = {}
+        for pair in (self.rename_columns or "").split(","):
+            if not pair.strip():
+                continue
+            old, sep, new = pair.partition(":")
+            if not sep or not old.strip() or not new.strip():
+                raise SystemExit(f"rename_columns: expected old:new pairs, got {pair!r}.")
+            renames[old.strip()] = new.strip()
+        return renames
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -92,6 +108,10 @@ def parse_stage_arguments(dataclass_types: Sequence[type], argv: Sequence[str], 
     return tuple(parsed)
 
 
+QUICKSTART_DISTILL_RENAMES = {"context": "text", "target": "output"}
+"""The distill quickstart reads the compression quickstart rows as (text, instruction, output)."""
+
+
 def _load_data(data_args: DataArguments, stage: str) -> tuple[Any, Any]:
     from autoreg_embed.data.loading import load_rows
 
@@ -99,6 +119,12 @@ def _load_data(data_args: DataArguments, stage: str) -> tuple[Any, Any]:
     if data_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
     eval_dataset = load_rows(data_args.eval_file) if data_args.eval_file else None
+    renames = data_args.column_renames()
+    if stage == "distill" and data_args.train_file == "quickstart" and not renames:
+        renames = QUICKSTART_DISTILL_RENAMES
+    if renames:
+        train_dataset = train_dataset.rename_columns(renames)
+        eval_dataset = eval_dataset.rename_columns(renames) if eval_dataset is not None else None
     return train_dataset, eval_dataset
 
 
@@ -148,6 +174,13 @@ def run_align(argv: Sequence[str]) -> None:
     _run_training_stage(argv, CDAConfig, CDATrainer, "align", "cda", "conditional distribution alignment")
 
 
+def run_distill(argv: Sequence[str]) -> None:
+    """InstEmb-style instruction-aware embeddings (rows: text, instruction, output, optional pos / neg)."""
+    from autoreg_embed.trainers import DistillConfig, DistillTrainer
+
+    _run_training_stage(argv, DistillConfig, DistillTrainer, "distill", "distill", "instruction-aware distillation")
+
+
 def run_contrastive(argv: Sequence[str]) -> None:
     """The InfoNCE baseline (rows: query, pos, optional neg)."""
     from autoreg_embed.trainers import ContrastiveConfig, ContrastiveTrainer
@@ -167,11 +200,28 @@ class EvaluateArguments:
     retrieval: str | None = field(
         default=None, metadata={"help": "BEIR-style folder (corpus.jsonl, queries.jsonl, qrels.tsv)."}
     )
+    instruction_retrieval: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of (context, instruction, target) rows with several questions per context (e.g. XQuAD): "
+            "rank each question's answer among its context's answers, with and without the instruction.",
+            "aliases": ["--instruction-retrieval"],
+        },
+    )
+    instruction_retrieval_contexts: int | None = field(
+        default=None, metadata={"help": "Use only the first N contexts of --instruction_retrieval."}
+    )
     mteb: str | None = field(default=None, metadata={"help": "Comma-separated mteb task names (needs hub access)."})
     baseline: str | None = field(
         default=None, metadata={"help": "Evaluate the model untrained with this pooling: last, mean or eos."}
     )
-    template: str = field(default="{text}", metadata={"help": "Baseline input template with {text}, e.g. PromptEOL's."})
+    template: str = field(
+        default="{text}",
+        metadata={
+            "help": "Baseline input template with {text}, e.g. PromptEOL's; add {instruction} for "
+            "--instruction_retrieval (the question fills it)."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Encoding batch size."})
     output_dir: str | None = field(
         default=None,
@@ -182,6 +232,7 @@ class EvaluateArguments:
 def run_evaluate(argv: Sequence[str]) -> None:
     """Evaluate a model on offline STS / retrieval data and/or mteb tasks; write JSON and print a summary."""
     from autoreg_embed.evaluation import (
+        evaluate_instruction_retrieval,
         evaluate_mteb,
         evaluate_retrieval,
         evaluate_sts,
@@ -193,8 +244,10 @@ def run_evaluate(argv: Sequence[str]) -> None:
     if argv and not argv[0].startswith("-"):
         argv = ["--model_name_or_path", argv[0], *argv[1:]]
     (args,) = parse_stage_arguments((EvaluateArguments,), argv, "autoreg-embed evaluate")
-    if not (args.sts or args.retrieval or args.mteb):
-        raise SystemExit("autoreg-embed evaluate: give at least one of --sts, --retrieval, --mteb.")
+    if not (args.sts or args.retrieval or args.instruction_retrieval or args.mteb):
+        raise SystemExit(
+            "autoreg-embed evaluate: give at least one of --sts, --retrieval, --instruction_retrieval, --mteb."
+        )
     if args.baseline:
         model = baseline(args.model_name_or_path, args.baseline, args.template)
         default_output = Path("baselines") / Path(args.model_name_or_path).name.replace(":", "_")
@@ -208,6 +261,13 @@ def run_evaluate(argv: Sequence[str]) -> None:
         results["sts"] = evaluate_sts(model, args.sts, batch_size=args.batch_size, limit=args.sts_limit)
     if args.retrieval:
         results["retrieval"] = evaluate_retrieval(model, args.retrieval, batch_size=args.batch_size)
+    if args.instruction_retrieval:
+        results["instruction_retrieval"] = evaluate_instruction_retrieval(
+            model,
+            args.instruction_retrieval,
+            batch_size=args.batch_size,
+            limit_contexts=args.instruction_retrieval_contexts,
+        )
     if args.mteb:
         tasks = [name.strip() for name in args.mteb.split(",") if name.strip()]
         results["mteb"] = evaluate_mteb(model, tasks, batch_size=args.batch_size)
@@ -220,6 +280,7 @@ STAGES: dict[str, Callable[[Sequence[str]], None]] = {
     "compress": run_compress,
     "align": run_align,
     "contrastive": run_contrastive,
+    "distill": run_distill,
     "evaluate": run_evaluate,
 }
 
@@ -235,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "stage",
         choices=sorted(STAGES),
         help="compress: stage 1 (information compression); align: stage 2 (conditional distribution alignment); "
-        "contrastive: the InfoNCE baseline; evaluate: STS / retrieval / mteb scores of a model.",
+        "contrastive: the InfoNCE baseline; distill: instruction-aware embeddings (InstEmb: soft prompts, teacher "
+        "distillation, multi-view InfoNCE); evaluate: STS / retrieval / instruction-retrieval / mteb scores.",
     )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()

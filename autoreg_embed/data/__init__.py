@@ -2,6 +2,7 @@
 
 from autoreg_embed.data.cda_collator import CDACollator
 from autoreg_embed.data.collators import CompressionCollator, ContrastiveCollator, TargetBuilder
+from autoreg_embed.data.distill_collator import DistillCollator, TeacherInputBuilder
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
 from autoreg_embed.data.loading import load_rows
 from autoreg_embed.data.schema import DataValidationError, validate_rows
@@ -12,7 +13,9 @@ __all__ = [
     "CompressionCollator",
     "ContrastiveCollator",
     "DataValidationError",
+    "DistillCollator",
     "TargetBuilder",
+    "TeacherInputBuilder",
     "load_rows",
     "validate_rows",
 ]

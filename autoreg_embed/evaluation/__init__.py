@@ -1,8 +1,12 @@
-"""Evaluating embedding models: offline STS and BEIR-folder retrieval, mteb benchmark tasks, result files.
+"""Evaluating embedding models: offline STS, BEIR-folder retrieval, instruction-following retrieval, mteb tasks.
 
 Everything runs through mteb's evaluators, so local and benchmark numbers are computed the same way.
 """
 
+from autoreg_embed.evaluation.instruction_retrieval import (
+    evaluate_instruction_retrieval,
+    load_instruction_retrieval_rows,
+)
 from autoreg_embed.evaluation.mteb_tasks import evaluate_mteb, get_mteb_tasks
 from autoreg_embed.evaluation.results import format_summary, write_results
 from autoreg_embed.evaluation.retrieval import LocalRetrievalTask, evaluate_retrieval, load_beir_folder
@@ -11,12 +15,14 @@ from autoreg_embed.evaluation.sts import LocalSTSTask, evaluate_sts, load_sts_ro
 __all__ = [
     "LocalRetrievalTask",
     "LocalSTSTask",
+    "evaluate_instruction_retrieval",
     "evaluate_mteb",
     "evaluate_retrieval",
     "evaluate_sts",
     "format_summary",
     "get_mteb_tasks",
     "load_beir_folder",
+    "load_instruction_retrieval_rows",
     "load_sts_rows",
     "write_results",
 ]

@@ -16,20 +16,40 @@ from autoreg_embed.losses.cda import (
     sequence_log_probs,
     strategy_loss,
 )
+from autoreg_embed.losses.contrastive import info_nce_loss
+from autoreg_embed.losses.distillation import (
+    DISTILLATION_METRICS,
+    DISTILLATION_TARGETS,
+    POSITIVE_VIEWS,
+    InstEmbLossOutput,
+    OutputSpanTargets,
+    instemb_loss,
+    output_span_targets,
+    representation_distillation_loss,
+)
 
 __all__ = [
     "BOUNDS",
+    "DISTILLATION_METRICS",
+    "DISTILLATION_TARGETS",
     "DIVERGENCES",
     "LOG_PROB_MEANINGS",
+    "POSITIVE_VIEWS",
     "REFERENCE_SIGNS",
     "STRATEGY_LOG_PROBS",
     "CDALossOutput",
+    "InstEmbLossOutput",
+    "OutputSpanTargets",
     "alignment_score",
     "bounded_score",
     "cda_loss",
     "divergence_alignment_score",
     "info_nce_from_scores",
+    "info_nce_loss",
+    "instemb_loss",
+    "output_span_targets",
     "preference_scores",
+    "representation_distillation_loss",
     "sequence_log_probs",
     "strategy_loss",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
-from autoreg_embed.modeling.settings import POOLING_METHODS, EncoderSettings
+from autoreg_embed.modeling.settings import DAAP_COMBINATIONS, LAST_TOKEN_POSITIONS, POOLING_METHODS, EncoderSettings
 
 INSTRUCTION_TEMPLATES = {
     "after_text": "{text}\n{instruction}",
@@ -42,6 +42,19 @@ class EncoderTrainingConfig(TrainingArguments):
     pooling: str = field(
         default="compress_mean", metadata={"help": f"Embedding pooling saved with the model: {POOLING_METHODS}."}
     )
+    last_token_position: str = field(
+        default="final",
+        metadata={
+            "help": f"State of 'last' pooling and the DAAP anchor with compress tokens: {LAST_TOKEN_POSITIONS} "
+            "(final: the last compress token, which sees everything; before_compress: the last instruction token)."
+        },
+    )
+    daap_combination: str = field(
+        default="concat", metadata={"help": f"How 'daap' pooling joins its two anchors: {DAAP_COMBINATIONS}."}
+    )
+    daap_weight: float = field(
+        default=0.5, metadata={"help": "Weight of the last-token anchor in 'daap' pooling (soft prompts: 1 - it)."}
+    )
     max_text_length: int = field(default=512, metadata={"help": "Max tokens of context/query/document text."})
     max_instruction_length: int = field(default=512, metadata={"help": "Max tokens of instruction."})
     merge_adapter_on_save: bool = field(
@@ -74,6 +87,9 @@ class EncoderTrainingConfig(TrainingArguments):
             template=self.template or INSTRUCTION_TEMPLATES[self.instruction_position],
             add_bos=self.add_bos,
             pooling=self.pooling,
+            last_token_position=self.last_token_position,
+            daap_combination=self.daap_combination,
+            daap_weight=self.daap_weight,
             max_text_length=self.max_text_length,
             max_instruction_length=self.max_instruction_length,
             base_model_name_or_path=base_model_name_or_path,

@@ -91,6 +91,9 @@ def _apply_peft(model: nn.Module, peft_config: Any, compress_ids: list[int]) -> 
         if compress_ids and getattr(peft_config, "trainable_token_indices", "absent") is None:
             # The new compress-token rows must learn too; PEFT trains just those rows of the embedding matrix.
             peft_config.trainable_token_indices = compress_ids
+        if compress_ids and getattr(peft_config, "token_indices", None) == []:
+            # A TrainableTokensConfig without indices: train the compress-token rows alone (the LLM stays frozen).
+            peft_config.token_indices = compress_ids
         return get_peft_model(model, peft_config)
     existing = list(model.peft_config)
     model.add_adapter(STAGE2_ADAPTER, peft_config)
@@ -268,7 +271,10 @@ class AutoRegTrainer(Trainer):
             self.encoder_settings.save(directory)
             model = self.accelerator.unwrap_model(self.model)
             write_sentence_transformers_files(
-                directory, self.encoder_settings, embedding_dimension(model), **self._sentence_transformer_metadata()
+                directory,
+                self.encoder_settings,
+                embedding_dimension(model, self.encoder_settings),
+                **self._sentence_transformer_metadata(),
             )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
