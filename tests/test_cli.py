@@ -15,7 +15,7 @@ from autoreg_embed.trainers import CDAConfig, CompressionConfig
 def test_top_level_help_lists_the_stages(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for stage in ("compress", "align", "contrastive", "evaluate"):
+    for stage in ("compress", "align", "contrastive", "distill", "evaluate"):
         assert stage in out
 
 
@@ -81,6 +81,46 @@ def test_stages_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
     assert "sts.spearman=" in out
     written = json.loads((stage2 / "eval" / "results.json").read_text())
     assert written["results"]["sts"]["n"] == 12
+
+
+def test_distill_help_lists_the_instemb_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--positive_views", "--freeze_backbone", "--distillation_target", "--daap_combination", "--config"):
+        assert option in out
+
+
+@requires_shared_data
+def test_distill_and_instruction_retrieval_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "qa.yaml"
+    data.write_text(
+        f"model_name_or_path: {tiny_model_dir}\noutput_dir: {tmp_path / 'distill'}\nmax_steps: 2\n"
+        "per_device_train_batch_size: 2\nreport_to: none\nuse_cpu: true\nnum_compress_tokens: 2\n"
+        "positive_views: [output, teacher]\n"
+    )
+    main(["distill", "--config", str(data), "--logging_steps", "1"])  # the quickstart rows, renamed
+    out = capsys.readouterr().out
+    assert "step  train_loss" in out and f"Saved the encoder to {tmp_path / 'distill'}" in out
+    settings = json.loads((tmp_path / "distill" / "autoreg_embed_config.json").read_text())
+    assert settings["pooling"] == "daap" and settings["num_compress_tokens"] == 2
+    xquad = SHARED_DATA / "compression" / "xquad_en.jsonl"
+    limit = ["--instruction_retrieval_contexts", "2"]
+    main(["evaluate", str(tmp_path / "distill"), "--instruction-retrieval", str(xquad), *limit])  # the dash alias
+    out = capsys.readouterr().out
+    assert "instruction_retrieval.with_instruction.accuracy@1=" in out and "instruction_retrieval.gap.mrr=" in out
+    written = json.loads((tmp_path / "distill" / "eval" / "results.json").read_text())
+    assert written["results"]["instruction_retrieval"]["n_contexts"] == 2
+
+
+def test_rename_columns_are_parsed_and_checked():
+    assert DataArguments(rename_columns="context:text, target:output").column_renames() == {
+        "context": "text",
+        "target": "output",
+    }
+    with pytest.raises(SystemExit, match="expected old:new pairs"):
+        DataArguments(rename_columns="context").column_renames()
 
 
 def test_evaluate_needs_a_task(tiny_model_dir):

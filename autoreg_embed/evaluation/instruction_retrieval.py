@@ -91,9 +91,12 @@ def load_instruction_retrieval_rows(
 
 
 def gold_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each row's gold candidate in (Q, C) ``scores``: 1 + the candidates scored strictly higher."""
+    """1-based rank of each row's gold candidate in (Q, C) ``scores``: the candidates scored at least as high.
+
+    Ties count against the gold candidate, so a collapsed model (equal scores everywhere) ranks it last.
+    """
     gold_scores = scores.gather(1, gold[:, None])
-    return 1 + (scores > gold_scores).sum(dim=1)
+    return (scores >= gold_scores).sum(dim=1)
 
 
 def _rank_metrics(ranks: torch.Tensor) -> dict[str, float]:
