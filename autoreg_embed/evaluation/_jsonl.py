@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,20 @@ def read_jsonl(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: invalid JSON ({error.msg})") from error
             yield row, check_columns(record, columns, where)
+
+
+def numbered_records(
+    path_or_rows: str | PathLike[str] | Iterable[Mapping[str, Any]], columns: tuple[str, ...], what: str
+) -> tuple[str, Iterator[tuple[str, dict[str, Any]]]]:
+    """``(source, records)``: where the rows come from, and ``(where, record)`` pairs with every one of ``columns``.
+
+    ``path_or_rows`` is a JSONL file (``where`` = ``"<path>, row <line>"``; a missing file is a
+    ``FileNotFoundError`` naming ``what``) or the rows themselves (``where`` = ``"row <1-based position>"``).
+    """
+    if isinstance(path_or_rows, (str, PathLike)):
+        path = Path(path_or_rows)
+        require_file(path, what)
+        return str(path), ((f"{path}, row {row}", record) for row, record in read_jsonl(path, columns))
+    return "the given rows", (
+        (f"row {row}", check_columns(record, columns, f"row {row}")) for row, record in enumerate(path_or_rows, start=1)
+    )

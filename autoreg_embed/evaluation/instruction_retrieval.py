@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from autoreg_embed.evaluation._jsonl import check_columns, read_jsonl, require_file
+from autoreg_embed.evaluation._jsonl import numbered_records
 
 INSTRUCTION_RETRIEVAL_COLUMNS = ("context", "instruction", "target")
 """The fields every row needs: the text, the question (instruction) and its answer."""
@@ -63,17 +62,7 @@ def load_instruction_retrieval_rows(
         ValueError: a row is not an object, lacks a column or has an empty / non-string field (the message names
             the row), or no context has two distinct answers.
     """
-    if isinstance(path_or_rows, (str, PathLike)):
-        path = Path(path_or_rows)
-        require_file(path, "instruction-retrieval file")
-        source = str(path)
-        numbered = ((f"{path}, row {row}", record) for row, record in read_jsonl(path, INSTRUCTION_RETRIEVAL_COLUMNS))
-    else:
-        source = "the given rows"
-        numbered = (
-            (f"row {row}", check_columns(record, INSTRUCTION_RETRIEVAL_COLUMNS, f"row {row}"))
-            for row, record in enumerate(path_or_rows, start=1)
-        )
+    source, numbered = numbered_records(path_or_rows, INSTRUCTION_RETRIEVAL_COLUMNS, "instruction-retrieval file")
     groups: dict[str, ContextQuestions] = {}
     for where, record in numbered:
         context, question, answer = (_checked_text(record, column, where) for column in INSTRUCTION_RETRIEVAL_COLUMNS)

@@ -298,12 +298,12 @@ class DistillTrainer(AutoRegTrainer):
     def _teacher_cache_file(self, dataset: Dataset) -> Path:
         modules = [self.model] if self.teacher.decoder is None else [self.teacher.decoder]
         tokenizer = self.teacher_inputs.encoder_inputs.tokenizer
-        settings = {
-            "encoder": self.encoder_settings.__dict__,
-            "output_prefix": self.args.teacher_output_prefix,
-            "max_output_length": self.args.max_output_length,
-            "num_positions": self.args.num_compress_tokens,
-            "positions": self.args.distillation_target == "position",
+        layout = self.encoder_settings
+        positions = self.args.distillation_target == "position"
+        settings = {  # what the teacher's input and targets depend on (not the student's soft prompts or pooling)
+            "layout": [layout.template, layout.add_bos, layout.max_text_length, layout.max_instruction_length],
+            "output": [self.args.teacher_output_prefix, self.args.max_output_length],
+            "positions": self.args.num_compress_tokens if positions else 0,
             "tokenizer": [tokenizer.name_or_path, len(tokenizer)],
         }
         key = hashlib.sha256(
