@@ -43,6 +43,12 @@ sentences) it is PromptEOL's prompt. Picked among three layouts by the untrained
 this one 42.3 accuracy@1, the same with "The answer in one word" 32.7, the paper's ``{text}\\n{instruction}`` 25.0
 (chance 23.1; 12 contexts, 52 questions)."""
 
+SOFT_PROMPT_INIT = ':"'
+"""Soft prompts start as the prompt's closing token. Untrained, on the same SQuAD rows (accuracy@1 / STS-B first 200
+pairs), DAAP with the anchor before the soft prompts scored 42.3 / 82.9 with this init, 42.3 / 82.7 with '"' and
+34.6 / 81.0 with the vocabulary mean; the anchor on the last soft prompt (``last_token_position="final"``) instead
+scored 28.8 / 70.1, which is why the DistillConfig default anchor is the last input token."""
+
 QUESTIONS_PER_CONTEXT = 4
 CONTEXTS_PER_BATCH = 2
 
@@ -151,6 +157,7 @@ def distill_trainer(rows: Dataset, sizes: Sizes, output_dir: Path, lr: float, **
         **common_options(sizes, output_dir, lr),
         positive_views=["output", "teacher"],
         teacher_output_prefix="",  # the prompt ends with an opening quote: the answer follows it directly
+        compress_token_init=SOFT_PROMPT_INIT,
         max_output_length=sizes.max_output_length,
         precompute_teacher_targets=True,
         **options,

@@ -421,10 +421,10 @@ def test_compute_loss_equals_instemb_loss_of_row_by_row_states(tmp_path, tokeniz
     anchors, soft, outputs, negatives, means, positions, masks = [], [], [], [], [], [], []
     for row in rows:
         states = row_states(model, builder, row["text"], row["instruction"])
-        anchors.append(states[-1])
+        anchors.append(states[-M - 1])  # the default anchor: the last input token, just before the soft prompts
         soft.append(states[-M:])
-        outputs.append(row_states(model, builder, row["output"], "Answer:")[-1])
-        negatives.append(row_states(model, builder, row["neg"][0], "Answer:")[-1][None])
+        outputs.append(row_states(model, builder, row["output"], "Answer:")[-M - 1])
+        negatives.append(row_states(model, builder, row["neg"][0], "Answer:")[-M - 1][None])
         output_ids = trainer.processing_class(row["output"], add_special_tokens=False)["input_ids"]
         ids = teacher_builder.build([row["text"]], [row["instruction"]])[0] + newline + output_ids
         with torch.no_grad():  # the teacher is the original model: at step 0 the student's weights
@@ -529,7 +529,15 @@ def test_full_fine_tuning_the_teacher_is_a_frozen_copy_and_gets_no_gradient(tmp_
 
 def test_frozen_backbone_moves_only_the_soft_prompt_rows(tmp_path, tokenizer):
     rows = distill_rows(8)
-    trainer = make_trainer(tmp_path, tokenizer, rows=rows, freeze_backbone=True, max_steps=3, learning_rate=1e-2)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        rows=rows,
+        freeze_backbone=True,
+        last_token_position="final",
+        max_steps=3,
+        learning_rate=1e-2,
+    )
     model = trainer.model
     assert trainer.teacher.shares_encoder_weights  # the adapter-disabled student: no copy
     assert trainable_names(model) == {"base_model.model.model.embed_tokens.trainable_tokens_delta.default"}
@@ -647,7 +655,7 @@ def test_loss_falls_when_overfitting_and_every_component_is_logged(tmp_path, tok
     [
         pytest.param({}, False, id="daap-concat-full"),
         pytest.param({"daap_combination": "sum", "daap_weight": 0.7}, False, id="daap-sum"),
-        pytest.param({"last_token_position": "before_compress"}, False, id="daap-before-compress"),
+        pytest.param({"last_token_position": "final"}, False, id="daap-final"),
         pytest.param({}, True, id="daap-concat-lora-merged"),
         pytest.param({"num_compress_tokens": 0, "pooling": "last", "distillation_weight": 0.0}, False, id="last"),
     ],
@@ -737,6 +745,7 @@ def test_views_must_match_the_columns(tmp_path, tokenizer):
         ({"max_output_length": 0}, "max_output_length must be >= 1"),
         ({"pooling": "daap", "num_compress_tokens": 0, "distillation_weight": 0.0}, "'daap' needs num_compress"),
         ({"template": "{text}", "output_instruction": "Embed:"}, "no {instruction} slot"),
+        ({"freeze_backbone": True}, "set last_token_position='final'"),
     ],
 )
 def test_invalid_options_raise_at_config_creation(tmp_path, option, pattern):
@@ -746,9 +755,19 @@ def test_invalid_options_raise_at_config_creation(tmp_path, option, pattern):
 
 def test_freeze_backbone_with_a_peft_config_is_an_error(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="freeze_backbone trains the soft prompts alone"):
-        make_trainer(
-            tmp_path, tokenizer, peft_config=LoraConfig(r=2, target_modules=LORA_MODULES), freeze_backbone=True
-        )
+        lora = LoraConfig(r=2, target_modules=LORA_MODULES)
+        make_trainer(tmp_path, tokenizer, peft_config=lora, freeze_backbone=True, last_token_position="final")
+
+
+def test_a_checkpoint_keeps_its_layout_and_the_differing_options_are_named(tmp_path, tokenizer, caplog):
+    model = make_tiny_model("llama", tokenizer)
+    settings = EncoderSettings(num_compress_tokens=M, pooling="compress_mean")
+    add_compress_tokens(model, tokenizer, settings)
+    autoreg_embed.export_sentence_transformer(model, tokenizer, settings, tmp_path / "stage1")
+    with caplog.at_level("WARNING"):
+        trainer = DistillTrainer(model=str(tmp_path / "stage1"), args=distill_args(tmp_path))
+    assert trainer.encoder_settings.pooling == "compress_mean"
+    assert "['pooling', 'last_token_position'] are not used" in caplog.text
 
 
 def test_positive_views_from_a_comma_separated_string(tmp_path):

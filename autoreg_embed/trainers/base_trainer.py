@@ -42,6 +42,10 @@ def mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
     return total / (count * (count - 1))
 
 
+KEPT_LAYOUT_OPTIONS = ("template", "add_bos", "pooling", "last_token_position", "daap_combination", "daap_weight")
+"""Layout options a saved checkpoint keeps over the config's (a warning names those that differ)."""
+
+
 def prepare_encoder(
     model: str | PreTrainedModel | None,
     processing_class: PreTrainedTokenizerBase | None,
@@ -50,7 +54,8 @@ def prepare_encoder(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase, EncoderSettings]:
     """Load (if a name was given) the model and tokenizer, add the compress tokens, and apply ``peft_config``.
 
-    A model that already carries autoreg-embed settings (a saved stage-1 checkpoint) keeps them; a different
+    A model that already carries autoreg-embed settings (a saved stage-1 checkpoint) keeps them, with a warning that
+    names the layout options of ``args`` (:data:`KEPT_LAYOUT_OPTIONS`) that differ; a different
     ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch.
     """
     name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None) or None
@@ -67,6 +72,11 @@ def prepare_encoder(
                 f"The checkpoint {name} was trained with num_compress_tokens={saved.num_compress_tokens}, but the "
                 f"config asks for {settings.num_compress_tokens}. Set num_compress_tokens="
                 f"{saved.num_compress_tokens}."
+            )
+        differing = [option for option in KEPT_LAYOUT_OPTIONS if getattr(saved, option) != getattr(settings, option)]
+        if differing:
+            logger.warning(
+                "%s keeps the encoder settings it was saved with; the config's %s are not used.", name, differing
             )
         settings = saved
     compress_ids = add_compress_tokens(model, processing_class, settings, init_from=args.compress_token_init)

@@ -14,13 +14,22 @@ class DistillConfig(EncoderTrainingConfig):
     """Options of :class:`~autoreg_embed.DistillTrainer` (InstEmb, METHOD.md §2; equations in ``docs/distill.md``).
 
     The soft prompts are the compress tokens of the other trainers: ``num_compress_tokens`` (m, default 8) of them
-    follow text + instruction, initialised by ``compress_token_init``. The embedding is ``daap`` pooling by default
-    (last-token anchor + mean soft-prompt state, see ``daap_combination`` / ``daap_weight`` /
-    ``last_token_position``). What trains: everything (default), LoRA + the soft-prompt rows (pass a
-    ``peft_config``), or the soft-prompt rows alone (``freeze_backbone``).
+    follow text + instruction, initialised by ``compress_token_init``. The primary anchor is the last input token
+    (``last_token_position="before_compress"``: the last text/instruction token, which under causal attention does
+    not see the soft prompts) or the final position (``"final"``). The embedding is ``daap`` pooling by default
+    (anchor + mean soft-prompt state, see ``daap_combination`` / ``daap_weight``). What trains: everything
+    (default), LoRA + the soft-prompt rows (pass a ``peft_config``), or the soft-prompt rows alone
+    (``freeze_backbone``, with ``last_token_position="final"``).
     """
 
     num_compress_tokens: int = field(default=8, metadata={"help": "m, the number of look-ahead soft prompts."})
+    last_token_position: str = field(
+        default="before_compress",
+        metadata={
+            "help": "The primary anchor: the last input (text/instruction) token, 'before_compress', or the final "
+            "position, 'final' (the last soft prompt, which sees the soft prompts; needed with freeze_backbone)."
+        },
+    )
     pooling: str = field(
         default="daap", metadata={"help": f"Embedding pooling saved with the model: {POOLING_METHODS}."}
     )
@@ -96,6 +105,11 @@ class DistillConfig(EncoderTrainingConfig):
             )
         if self.freeze_backbone and self.num_compress_tokens == 0:
             raise ValueError("freeze_backbone trains only the soft prompts; it needs num_compress_tokens >= 1.")
+        if self.freeze_backbone and self.contrastive_weight > 0 and self.last_token_position == "before_compress":
+            raise ValueError(
+                "With freeze_backbone the anchor before the soft prompts cannot change, so the contrastive loss would "
+                "train nothing: set last_token_position='final' (or contrastive_weight=0)."
+            )
         if not self.in_batch_negatives and TEACHER_VIEW in self.positive_views:
             raise ValueError("The 'teacher' view has no hard negatives; it needs in_batch_negatives=True.")
         choices = {

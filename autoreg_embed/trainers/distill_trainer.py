@@ -52,8 +52,9 @@ class DistillTrainer(AutoRegTrainer):
     """Instruction-aware embeddings after InstEmb (METHOD.md §2): soft prompts, distillation, multi-view InfoNCE.
 
     The student reads ``text + instruction + m soft prompts`` (the compress tokens of the other trainers). Its
-    primary anchor ``a`` is the last-token state (``last_token_position``: by default the final position, the only
-    one that sees the soft prompts under causal attention); its soft-prompt states ``s_1..s_m`` are pulled
+    primary anchor ``a`` is the last input token's state (``last_token_position``: by default the last
+    text/instruction token, which under causal attention does not see the soft prompts; ``"final"``: the last soft
+    prompt, which does); its soft-prompt states ``s_1..s_m`` are pulled
     towards a frozen teacher's representation of the gold ``output`` (the teacher reads ``text + instruction +
     output``), and ``a`` is trained with InfoNCE against the positive views (dropout view, the teacher's output
     representation, the student's embedding of the output, ``pos``)::
