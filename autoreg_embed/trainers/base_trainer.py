@@ -84,9 +84,22 @@ def prepare_encoder(
         processing_class = load_tokenizer(name)
     ensure_pad_token(processing_class, args.pad_token)
     compress_ids = add_compress_tokens(model, processing_class, settings, init_from=args.compress_token_init)
+    freeze_untied_lm_head(model)
     if peft_config is not None:
         model = _apply_peft(model, peft_config, compress_ids)
     return model, processing_class, settings
+
+
+def freeze_untied_lm_head(model: nn.Module) -> None:
+    """Freeze the encoder's LM head when it is not tied to the input embeddings.
+
+    No loss reads it (the embedding is a last hidden state; the decoder is the original LLM), so training it would
+    only cost optimizer memory, and under DDP a trainable parameter without gradients stalls the gradient
+    synchronisation. A tied head is the input embedding matrix and stays as it is.
+    """
+    head, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight.data_ptr() != inputs.weight.data_ptr():
+        head.requires_grad_(False)
 
 
 STAGE2_ADAPTER = "align"
