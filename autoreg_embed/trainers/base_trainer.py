@@ -15,6 +15,7 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -207,6 +208,7 @@ class AutoRegTrainer(Trainer):
             **kwargs,
         )
         self.loss_is_scaled_for_ga = True  # training losses are divided by the step's items (num_items_in_batch)
+        self._frozen_engines: list[nn.Module] = []
         self.create_frozen_roles(model, args)
 
     def validate(self, dataset: Dataset | None, name: str) -> None:
@@ -233,17 +235,24 @@ class AutoRegTrainer(Trainer):
     def prepare_frozen_model(self, model: nn.Module) -> nn.Module:
         """Prepare a separate frozen model for the training engine, in evaluation mode, as trl does for its reference.
 
-        DeepSpeed: an inference engine (ZeRO-3 shards it like the policy; other stages keep one copy per process);
-        FSDP: sharded like the policy; otherwise moved to the device (no DDP wrapper: it has no gradients).
+        DeepSpeed ZeRO-3: sharded like the policy by an inference engine (trl's ``prepare_deepspeed``) whose module
+        is returned, to be called directly: its parameter-gathering hooks run, while the engine's own forward
+        would refuse the backward pass that flows through the decoder into the encoder. Other DeepSpeed stages:
+        one plain copy per process, as trl does. FSDP: sharded like the policy (trl's ``prepare_fsdp``).
+        Otherwise: moved to the device (no DDP wrapper: it has no gradients of its own).
         """
-        if self.is_deepspeed_enabled:
+        if self.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
             from trl.models.utils import prepare_deepspeed
 
-            return prepare_deepspeed(model, self.accelerator)
+            engine = prepare_deepspeed(model, self.accelerator)
+            self._frozen_engines.append(engine)  # keeps the engine (and its hooks' state) alive
+            return engine.module
         if self.is_fsdp_enabled:
             from trl.models.utils import prepare_fsdp
 
             return prepare_fsdp(model, self.accelerator)
+        if self.is_deepspeed_enabled:
+            return model.to(self.accelerator.device)
         return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig) -> Any:

@@ -28,24 +28,11 @@ from autoreg_embed.modeling.decoder import conditional_log_probs
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.frozen import FrozenRole, original_decoder, reference_role
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
+from autoreg_embed.modeling.original import parameters_fingerprint
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer
 from autoreg_embed.trainers.cda_config import CDAConfig
 
 logger = logging.getLogger(__name__)
-
-
-def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
-    """A hash of the frozen parameters (names, shapes, sums and sums of squares) of ``modules``."""
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for module in modules:
-            for name, parameter in module.named_parameters():
-                if parameter.requires_grad:
-                    continue
-                values = parameter.detach().double()
-                digest.update(f"{name}{tuple(parameter.shape)}{values.sum().item():.12e}".encode())
-                digest.update(f"{values.square().sum().item():.12e}".encode())
-    return digest.hexdigest()
 
 
 class RoleLogProbs(NamedTuple):
@@ -115,15 +102,15 @@ class CDATrainer(AutoRegTrainer):
         """The decoder (original LLM) and the reference (the encoder now); with precomputed reference log-probs,
         compute them now, and release a separate reference model afterwards."""
         self.frozen_decoder = original_decoder(model, self.encoder_settings, self._decoder)
-        self.reference = reference_role(model, self._ref_model)
+        self.reference = reference_role(model, self._ref_model, precompute=args.precompute_ref_log_probs)
         for role in (self.frozen_decoder, self.reference):
             role.prepare(self.prepare_frozen_model)
         if args.precompute_ref_log_probs:
             self.train_dataset = self.with_reference_log_probs(self.train_dataset, "train")
             if self.eval_dataset is not None:
                 self.eval_dataset = self.with_reference_log_probs(self.eval_dataset, "eval")
-            if not self.reference.shares_policy_weights:
-                self.reference = None  # no longer needed: release the separate reference model
+            if not self.reference.shares_policy_weights or self.reference.adapters is None:
+                self.reference = None  # a separate model, or the policy before training: release it
 
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: CDAConfig) -> CDACollator:
         return self._collator(self.log_prob_names, self.ref_names if args.precompute_ref_log_probs else ())
@@ -256,9 +243,13 @@ class CDATrainer(AutoRegTrainer):
         settings, as decided by the main process. ``None`` (no cache) when DeepSpeed ZeRO-3 shards the weights."""
         if is_deepspeed_zero3_enabled():
             return None
-        modules = [self.model] if self.reference.shares_policy_weights else [self.reference.model]
+        reference = self.reference
+        if reference.shares_policy_weights and reference.adapters is not None:  # base + frozen adapters of the policy
+            weights = [(n, p) for n, p in self.model.named_parameters() if not p.requires_grad]
+        else:  # a separate model, or the whole policy before training
+            weights = list((reference.model or self.model).named_parameters())
         if not self.frozen_decoder.shares_policy_weights:
-            modules.append(self.frozen_decoder.model)
+            weights += [(f"decoder.{n}", p) for n, p in self.frozen_decoder.model.named_parameters()]
         settings = {
             "names": self.ref_names,
             "instructions": self.instruction_texts,
@@ -268,7 +259,7 @@ class CDATrainer(AutoRegTrainer):
         }
         key = [
             hashlib.sha256(
-                json.dumps([dataset._fingerprint, weights_fingerprint(modules), settings], sort_keys=True).encode()
+                json.dumps([dataset._fingerprint, parameters_fingerprint(weights), settings], sort_keys=True).encode()
             ).hexdigest()[:24]
         ]
         broadcast_object_list(key, from_process=0)
