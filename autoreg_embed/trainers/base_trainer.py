@@ -50,8 +50,9 @@ def prepare_encoder(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase, EncoderSettings]:
     """Load (if a name was given) the model and tokenizer, add the compress tokens, and apply ``peft_config``.
 
-    A model that already carries autoreg-embed settings (a saved stage-1 checkpoint) keeps them; a different
-    ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch.
+    A model that already carries autoreg-embed settings (a saved stage-1 checkpoint) keeps them, except for the
+    lengths ``args`` sets; a k, template, BOS or pooling in ``args`` that differs from the saved one is an error
+    (see :meth:`EncoderTrainingConfig.encoder_settings`).
     """
     name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None) or None
     base_name = DEFAULT_MODEL if model is None else name
@@ -59,16 +60,8 @@ def prepare_encoder(
         model = load_causal_lm(model, args.model_dtype)
     if processing_class is None:
         processing_class = load_tokenizer(name)
-    settings = args.encoder_settings(base_model_name_or_path=base_name)
-    if name is not None and EncoderSettings.exists_in(name):
-        saved = EncoderSettings.load(name)
-        if saved.num_compress_tokens != settings.num_compress_tokens:
-            raise ValueError(
-                f"The checkpoint {name} was trained with num_compress_tokens={saved.num_compress_tokens}, but the "
-                f"config asks for {settings.num_compress_tokens}. Set num_compress_tokens="
-                f"{saved.num_compress_tokens}."
-            )
-        settings = saved
+    saved = EncoderSettings.load(name) if name is not None and EncoderSettings.exists_in(name) else None
+    settings = args.encoder_settings(base_model_name_or_path=base_name, saved=saved, checkpoint=name)
     compress_ids = add_compress_tokens(model, processing_class, settings, init_from=args.compress_token_init)
     if peft_config is not None:
         model = _apply_peft(model, peft_config, compress_ids)
@@ -155,7 +148,10 @@ class AutoRegTrainer(Trainer):
         model, processing_class, self.encoder_settings = prepare_encoder(model, processing_class, args, peft_config)
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             self.validate(dataset, name)
-        self.instruction_texts = args.instruction_texts() if isinstance(args, InstructionTrainingConfig) else None
+        self.instruction_texts = None
+        if isinstance(args, InstructionTrainingConfig):
+            args.check_instructions(self.encoder_settings)  # a checkpoint's template may lack an instruction slot
+            self.instruction_texts = args.instruction_texts()
         self.prepare_components(model, processing_class, args)
         self._metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),

@@ -17,10 +17,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from autoreg_embed.data.cda_collator import CDACollator, log_prob_spec
+from autoreg_embed.data.cda_collator import CDACollator, one_positive_per_row
 from autoreg_embed.data.collators import TargetBuilder
 from autoreg_embed.default_model import cache_dir
-from autoreg_embed.losses.cda import STRATEGY_LOG_PROBS, CDALossOutput, divergence_alignment_score, strategy_loss
+from autoreg_embed.losses.cda import (
+    DIVERGENCE_LOG_PROBS,
+    STRATEGIES,
+    CDALossOutput,
+    divergence_loss,
+    strategy_loss,
+)
+from autoreg_embed.losses.cda_log_probs import NEG_GIVEN_QUERY, POS_GIVEN_QUERY, LogProb
 from autoreg_embed.modeling.decoder import conditional_log_probs, original_decoder
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
@@ -48,10 +55,11 @@ def weights_fingerprint(modules: Sequence[nn.Module]) -> str:
 class RoleLogProbs(NamedTuple):
     """What :meth:`CDATrainer.role_log_probs` returns."""
 
-    values: dict[str, torch.Tensor]
-    """Log-probs by name, (B,) or (B, n)."""
-    distributions_of: Callable[[str], tuple[torch.Tensor, torch.Tensor]]
-    """Name -> its (B', T, V) next-token log-distributions and target mask (only when asked for)."""
+    values: dict[LogProb, torch.Tensor]
+    """Log-probs, (B,) or (B, n)."""
+    distributions_of: Callable[[LogProb], tuple[torch.Tensor, torch.Tensor]]
+    """Log-prob -> its next-token log-distributions (B, T, V) or (B, n, T, V), and target mask (B[, n], T);
+    only when asked for."""
     embeddings: torch.Tensor
     """(R, H) pooled embeddings of the batch's distinct encoded rows."""
 
@@ -67,6 +75,8 @@ class CDATrainer(AutoRegTrainer):
         S2_i = -g(beta * [(lp(d+ | e_q) - lp_ref(d+ | e_q)) - (lp(d-_i | e_q) - lp_ref(d-_i | e_q))])
         L    = -log(exp(S1/tau) / (exp(S1/tau) + sum_i exp(S2_i/tau)))
 
+    ``args.strategy`` selects the paper's appendix-E variants, ``args.similarity`` its KL / JS variant and
+    ``args.recipe="official"`` the official code's settings (``docs/cda_loss.md``).
     Per batch the encoder runs once over every distinct (text, instruction) it must embed, and the decoder
     once over every (embedding, target) pair; the reference likewise, without gradients.
 
@@ -76,14 +86,15 @@ class CDATrainer(AutoRegTrainer):
             frozen copy of ``model`` taken before training; with ``precompute_ref_log_probs`` the reference runs
             once before training and is then released.
         decoder: the frozen original LLM (default: chosen by :func:`original_decoder`).
-        train_dataset / eval_dataset: rows with ``query``, ``pos``, ``neg`` (a string or a list; the same
-            count in every row); optional ``instruction_next`` / ``instruction_self`` / ``instruction_prev``.
+        train_dataset / eval_dataset: rows with ``query``, ``pos`` (a string or a list of positives: see
+            ``args.positives``), ``neg`` (a string or a list; the same count in every row); optional
+            ``instruction_next`` / ``instruction_self`` / ``instruction_prev``.
         peft_config: a PEFT config for stage 2; on a PEFT stage-1 model it becomes a second adapter ``align``
             (stage-1 adapter frozen, used by the reference; both off for the decoder: one set of base weights).
     """
 
-    text_columns = ("query", "pos")
-    list_columns = ("neg",)
+    text_columns = ("query",)
+    list_columns = ("pos", "neg")
     optional_columns = ("instruction_next", "instruction_self", "instruction_prev")
     config_class = CDAConfig
     default_output_dir = "cda-output"
@@ -99,10 +110,12 @@ class CDATrainer(AutoRegTrainer):
     ) -> None:
         self._ref_model, self._decoder = ref_model, decoder
         super().__init__(model, args, *trainer_args, **kwargs)
+        self.train_dataset = self.one_positive_per_row(self.train_dataset)
+        self.eval_dataset = self.one_positive_per_row(self.eval_dataset)
         for separate in (self.frozen_decoder.decoder, self.reference.model):
             if separate is not None:
                 separate.to(self.args.device)
-        if self.args.precompute_ref_log_probs:
+        if self.args.precompute_ref_log_probs and self.reference_specs:
             self.train_dataset = self.with_reference_log_probs(self.train_dataset, "train")
             if self.eval_dataset is not None:
                 self.eval_dataset = self.with_reference_log_probs(self.eval_dataset, "eval")
@@ -110,22 +123,33 @@ class CDATrainer(AutoRegTrainer):
                 self.reference = None  # no longer needed: release the separate reference model
 
     def prepare_components(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: CDAConfig) -> None:
-        self.log_prob_names = STRATEGY_LOG_PROBS[args.strategy]
-        self.ref_names = [name for name in self.log_prob_names if name.startswith("ref_")]
+        needed = STRATEGIES[args.strategy].log_probs if args.similarity == "log_prob" else DIVERGENCE_LOG_PROBS
+        self.policy_specs: tuple[LogProb, ...] = tuple(spec for spec in needed if spec.role == "policy")
+        """The log-probs the policy computes per batch."""
+        self.reference_specs: tuple[LogProb, ...] = tuple(spec for spec in needed if spec.role == "reference")
+        """The log-probs of the reference (none for the KL / JS similarity)."""
         self.frozen_decoder = original_decoder(model, self.encoder_settings, self._decoder)
         self.reference = ReferenceEncoder(model, self._ref_model)
         self.encoder_inputs = EncoderInputBuilder(tokenizer, self.encoder_settings)
         self.target_builder = TargetBuilder(tokenizer, args.max_target_length)
 
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: CDAConfig) -> CDACollator:
-        return self._collator(self.log_prob_names, self.ref_names if args.precompute_ref_log_probs else ())
+        return self._collator(
+            self.policy_specs + self.reference_specs, self.reference_specs if args.precompute_ref_log_probs else ()
+        )
+
+    def one_positive_per_row(self, dataset: Dataset | None) -> Dataset | None:
+        """``dataset`` with one positive per row, per ``args.positives`` (see :func:`one_positive_per_row`)."""
+        return dataset if not isinstance(dataset, Dataset) else one_positive_per_row(dataset, self.args.positives)
 
     def get_eval_dataloader(self, eval_dataset: Dataset | str | None = None) -> DataLoader:
-        """With precomputed reference log-probs, a dataset passed to ``evaluate`` gets its columns first."""
+        """A dataset passed to ``evaluate`` gets one positive per row and, with precomputed reference log-probs,
+        its reference columns first."""
+        eval_dataset = self.one_positive_per_row(eval_dataset) if isinstance(eval_dataset, Dataset) else eval_dataset
         if (
             self.args.precompute_ref_log_probs
             and isinstance(eval_dataset, Dataset)
-            and not set(self.ref_names) <= set(eval_dataset.column_names)
+            and not {spec.name for spec in self.reference_specs} <= set(eval_dataset.column_names)
         ):
             if self.reference is None:
                 raise ValueError(
@@ -135,20 +159,20 @@ class CDATrainer(AutoRegTrainer):
             eval_dataset = self.with_reference_log_probs(eval_dataset, "eval")
         return super().get_eval_dataloader(eval_dataset)
 
-    def _collator(self, names: Sequence[str], precomputed: Sequence[str] = ()) -> CDACollator:
-        return CDACollator(self.encoder_inputs, self.target_builder, names, self.instruction_texts, precomputed)
+    def _collator(self, specs: Sequence[LogProb], precomputed: Sequence[LogProb] = ()) -> CDACollator:
+        return CDACollator(self.encoder_inputs, self.target_builder, specs, self.instruction_texts, precomputed)
 
     # ---- log-probabilities -------------------------------------------------------------------------------
 
     def role_log_probs(
-        self, encoder: nn.Module, names: Sequence[str], inputs: dict[str, torch.Tensor], distributions: bool = False
+        self, encoder: nn.Module, specs: Sequence[LogProb], inputs: dict[str, torch.Tensor], distributions: bool = False
     ) -> RoleLogProbs:
-        """Log-probs of ``names`` with one encoder pass (distinct rows) and one decoder pass (distinct pairs).
+        """Log-probs ``specs`` with one encoder pass (distinct rows) and one decoder pass (distinct pairs).
 
         ``distributions``: also keep the full next-token log-distributions (KL / JS similarities).
         """
-        prefix = torch.cat([inputs[f"{name}.prefix_index"].flatten() for name in names])
-        target = torch.cat([inputs[f"{name}.target_index"].flatten() for name in names])
+        prefix = torch.cat([inputs[f"{spec.key}.prefix_index"].flatten() for spec in specs])
+        target = torch.cat([inputs[f"{spec.key}.target_index"].flatten() for spec in specs])
         rows, row_of = prefix.unique(return_inverse=True)
         encoded = encode(encoder, inputs["input_ids"][rows], inputs["attention_mask"][rows], self.encoder_settings)
         states = encoded.compress_states
@@ -157,61 +181,57 @@ class CDATrainer(AutoRegTrainer):
         with self.frozen_decoder() as decoder:
             scored = conditional_log_probs(decoder, states[pairs[0]], target_ids, target_mask, distributions)
         per_pair = scored.mean if self.args.length_normalize else scored.sum
-        values, offsets, offset = {}, {}, 0
-        for name in names:
-            shape = inputs[f"{name}.prefix_index"].shape
-            index = pair_of[offset : offset + shape.numel()]
-            offsets[name] = index
+        values, indices, offset = {}, {}, 0
+        for spec in specs:
+            shape = inputs[f"{spec.key}.prefix_index"].shape
+            index = pair_of[offset : offset + shape.numel()].view(shape)
             offset += shape.numel()
-            value = per_pair[index].view(shape)
-            values[name] = value if log_prob_spec(name).per_negative else value.squeeze(1)
+            indices[spec] = index if spec.per_negative else index.squeeze(1)
+            values[spec] = per_pair[indices[spec]]
 
-        def distributions_of(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-            index = offsets[name]
-            return scored.log_probs[index], target_mask[index]
+        def distributions_of(spec: LogProb) -> tuple[torch.Tensor, torch.Tensor]:
+            return scored.log_probs[indices[spec]], target_mask[indices[spec]]
 
         return RoleLogProbs(values, distributions_of, encoded.embedding)
 
-    def reference_log_probs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The ``ref_*`` log-probs of a batch: precomputed columns, or one no-grad pass of the reference."""
+    def reference_log_probs(self, inputs: dict[str, torch.Tensor]) -> dict[LogProb, torch.Tensor]:
+        """The reference log-probs of a batch: precomputed columns, or one no-grad pass of the reference."""
         if self.args.precompute_ref_log_probs:
-            return {name: inputs[name] for name in self.ref_names}
+            return {spec: inputs[spec.name] for spec in self.reference_specs}
+        if not self.reference_specs:
+            return {}
         with torch.no_grad(), self.reference() as reference:
-            return self.role_log_probs(reference, self.ref_names, inputs).values
+            return self.role_log_probs(reference, self.reference_specs, inputs).values
 
     def compute_cda_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> CDALossOutput:
-        """Run policy and reference on a batch and combine them with :func:`strategy_loss`."""
-        policy_names = [name for name in self.log_prob_names if not name.startswith("ref_")]
-        divergence = self.args.similarity != "log_prob"
-        log_probs, distributions_of, embeddings = self.role_log_probs(model, policy_names, inputs, divergence)
-        log_probs.update(self.reference_log_probs(inputs))
-        s1_override = None
-        if divergence:
-            query_conditioned, mask = distributions_of("policy_pos_next")
-            self_conditioned, _ = distributions_of("policy_pos_self")
-            s1_override = divergence_alignment_score(
-                query_conditioned, self_conditioned, mask, self.args.similarity, self.args.beta, self.args.bound
+        """Run policy and reference on a batch and combine them with :func:`strategy_loss` (or
+        :func:`divergence_loss` for the KL / JS similarity)."""
+        args = self.args
+        options = {"temperature": args.temperature, "bound": args.bound, "multi_negative": args.multi_negative}
+        if args.similarity == "log_prob":
+            log_probs, _, embeddings = self.role_log_probs(model, self.policy_specs, inputs)
+            log_probs.update(self.reference_log_probs(inputs))
+            output = strategy_loss(
+                args.strategy, log_probs, beta=args.beta, reference_sign=args.reference_sign, **options
             )
-        output = strategy_loss(
-            self.args.strategy,
-            log_probs,
-            beta=self.args.beta,
-            temperature=self.args.temperature,
-            bound=self.args.bound,
-            reference_sign=self.args.reference_sign,
-            s1_override=s1_override,
-        )
-        self.record_metrics(
-            {
-                "s1": output.s1.mean(),
-                "s2": output.s2.mean(),
-                "rewards/margins": output.reward_margins.mean(),
-                "rewards/accuracies": (output.reward_margins > 0).float().mean(),
-                "logps/positive": log_probs.get("policy_pos_next", log_probs.get("policy_query_prev_pos")).mean(),
-                "logps/negative": log_probs.get("policy_neg_next", log_probs.get("policy_query_prev_neg")).mean(),
-                "logps/alignment_gap": output.alignment_gap.mean(),
-            }
-        )
+            shown = STRATEGIES[args.strategy].preferences[0]  # the first terms are the ones the diagnostics show
+            positive, negative, gap = shown.chosen, shown.rejected, "logps/alignment_gap"
+        else:
+            log_probs, distributions_of, embeddings = self.role_log_probs(model, self.policy_specs, inputs, True)
+            distributions = {spec: distributions_of(spec) for spec in self.policy_specs}
+            output = divergence_loss(args.similarity, distributions, **options)
+            positive, negative, gap = POS_GIVEN_QUERY, NEG_GIVEN_QUERY, "divergence/positive"
+        metrics = {
+            "s1": output.s1.mean(),
+            "s2": output.s2.mean(),
+            "logps/positive": log_probs[positive].mean(),
+            "logps/negative": log_probs[negative].mean(),
+            gap: output.alignment_gap.mean(),
+        }
+        if output.reward_margins is not None:
+            metrics["rewards/margins"] = output.reward_margins.mean()
+            metrics["rewards/accuracies"] = (output.reward_margins > 0).float().mean()
+        self.record_metrics(metrics)
         self.record_embedding_spread(embeddings)
         return output
 
@@ -234,7 +254,7 @@ class CDATrainer(AutoRegTrainer):
         if self.frozen_decoder.decoder is not None:
             modules.append(self.frozen_decoder.decoder)
         settings = {
-            "names": self.ref_names,
+            "log_probs": [spec.name for spec in self.reference_specs],
             "instructions": self.instruction_texts,
             "length_normalize": self.args.length_normalize,
             "max_target_length": self.args.max_target_length,
@@ -253,20 +273,20 @@ class CDATrainer(AutoRegTrainer):
             logger.info("Reusing reference log-probs from %s.", cache_file)
             columns = json.loads(cache_file.read_text())
         else:
-            columns = {name: [] for name in self.ref_names}
+            columns = {spec.name: [] for spec in self.reference_specs}
             loader = DataLoader(
                 dataset,
                 batch_size=self.args.per_device_eval_batch_size,
-                collate_fn=self._collator(self.ref_names),
+                collate_fn=self._collator(self.reference_specs),
                 shuffle=False,
             )
             quiet = self.args.disable_tqdm or not self.is_local_process_zero()
             for batch in tqdm(loader, desc=f"Reference log-probs ({split})", disable=quiet):
                 batch = self._prepare_inputs(batch)
                 with torch.no_grad(), self.reference() as reference:
-                    values = self.role_log_probs(reference, self.ref_names, batch).values
-                for name, value in values.items():
-                    columns[name].extend(value.float().cpu().tolist())
+                    values = self.role_log_probs(reference, self.reference_specs, batch).values
+                for spec, value in values.items():
+                    columns[spec.name].extend(value.float().cpu().tolist())
             if self.args.should_save:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 staging = cache_file.with_suffix(".tmp")
