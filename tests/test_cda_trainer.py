@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from autoreg_embed import (
     conditional_log_probs,
     encode,
 )
-from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS, CDACollator
+from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS, CDACollator, one_positive_per_row
 from autoreg_embed.data.collators import TargetBuilder
 from autoreg_embed.data.schema import DataValidationError
 from autoreg_embed.losses.cda import DIVERGENCE_LOG_PROBS, STRATEGIES
@@ -649,6 +650,74 @@ def test_compress_token_count_mismatch_with_stage1_checkpoint(tmp_path, stage1_c
             args=cda_args(tmp_path, num_compress_tokens=3),
             processing_class=AutoTokenizer.from_pretrained(stage1_dir),
         )
+
+
+def test_checkpoint_settings_take_set_lengths_and_refuse_other_layouts(tmp_path, stage1_checkpoint):
+    """A saved checkpoint's layout is used unless set: set lengths apply, a different k/template/BOS/pooling is an
+    error naming the option and the saved value; the same value set explicitly is fine."""
+    _, stage1_dir = stage1_checkpoint
+    saved = EncoderSettings.load(stage1_dir)
+    trainer = CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, max_text_length=4, max_instruction_length=40))
+    assert trainer.encoder_settings == replace(saved, max_text_length=4, max_instruction_length=40)
+    trainer.data_collator(cda_rows(1))
+    assert trainer.data_collator.truncations["text"] > 0  # the new length is the one in use
+    unset = {"max_text_length": None, "max_instruction_length": None}
+    assert CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, **unset)).encoder_settings == saved
+    same = {"template": saved.template, "pooling": saved.pooling, "add_bos": saved.add_bos}
+    CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, **same))
+    continued = CompressionTrainer(
+        model=str(stage1_dir),
+        args=CompressionConfig(output_dir=str(tmp_path / "again"), max_text_length=16, **QUIET_CPU_RUN),
+    )
+    assert continued.encoder_settings == replace(saved, max_text_length=16)
+
+    refused = [
+        ({"pooling": "compress_last"}, r"pooling='compress_last' differs .*trained with pooling='compress_mean'"),
+        ({"add_bos": False}, r"add_bos=False differs .*trained with add_bos=True"),
+        ({"template": "{instruction}: {text}"}, r"template='\{instruction\}: \{text\}' differs"),
+        ({"instruction_position": "before_text"}, r"\(from instruction_position='before_text', recipe='paper'\)"),
+        ({"recipe": "official"}, r"template='\{text\}\\n\{instruction\}\\n' \(from recipe='official'\) differs"),
+    ]
+    for options, pattern in refused:
+        with pytest.raises(ValueError, match=pattern + ".*leave it unset"):
+            CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, **options))
+
+
+def test_retrieval_instructions_are_the_papers():
+    retrieval = INSTRUCTION_PRESETS["retrieval"]
+    assert retrieval["next"] == "Use one word to represent the query in a retrieval task. The word is: “"
+    assert retrieval["self"] == "Use one word to represent the passage in a retrieval task. The word is: “"
+    assert retrieval["prev"] == "Use a word to express the question that this article can answer:“"
+    assert all(text.endswith("“") for preset in INSTRUCTION_PRESETS.values() for text in preset.values())
+
+
+LIST_ROWS = [
+    {"query": "Cats purr.", "pos": ["A cat is content."], "neg": ["Cars need fuel."], "id": 0},
+    {"query": "Dogs bark.", "pos": ["A dog is loud.", "Dogs make noise."], "neg": ["Fish swim."], "id": 1},
+]
+
+
+def test_a_list_of_positives_gives_one_row_per_positive_or_its_first(tmp_path, tokenizer):
+    each = one_positive_per_row(Dataset.from_list(LIST_ROWS))
+    assert [(row["query"], row["pos"], row["neg"], row["id"]) for row in each] == [
+        ("Cats purr.", "A cat is content.", ["Cars need fuel."], 0),
+        ("Dogs bark.", "A dog is loud.", ["Fish swim."], 1),
+        ("Dogs bark.", "Dogs make noise.", ["Fish swim."], 1),
+    ]
+    first = one_positive_per_row(Dataset.from_list(LIST_ROWS), "first")
+    assert first["pos"] == ["A cat is content.", "A dog is loud."]
+    strings = Dataset.from_list(cda_rows(2))
+    assert one_positive_per_row(strings) is strings
+
+    trainer = make_trainer(tmp_path, tokenizer, rows=LIST_ROWS, eval_rows=LIST_ROWS)
+    assert trainer.train_dataset["pos"] == each["pos"] and trainer.eval_dataset["pos"] == each["pos"]
+    assert trainer.train().training_loss > 0
+    with pytest.raises(DataValidationError, match=r"Column 'pos', row 1: 2 positives.*one_positive_per_row"):
+        trainer.data_collator(LIST_ROWS)
+    assert make_trainer(tmp_path, tokenizer, rows=LIST_ROWS, positives="first").train_dataset["pos"] == first["pos"]
+    bad = [dict(LIST_ROWS[0]), dict(LIST_ROWS[1], pos=[])]
+    with pytest.raises(DataValidationError, match=r"Column 'pos', row 1: expected a string or a non-empty list"):
+        make_trainer(tmp_path, tokenizer, rows=bad)
 
 
 @pytest.mark.parametrize(
