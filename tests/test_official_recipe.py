@@ -183,7 +183,7 @@ def float64_trainer(tmp_path, tokenizer, recipe: str) -> CDATrainer:
         train_dataset=Dataset.from_list(ROWS),
         processing_class=copy.deepcopy(tokenizer),
     )
-    for model in (trainer.model, trainer.frozen_decoder.decoder, trainer.reference.model):
+    for model in (trainer.model, trainer.frozen_decoder.model, trainer.reference.model):
         model.double()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_official_recipe_reproduces_the_official_loss(tmp_path, tokenizer):
     assert trainer.encoder_settings.template == "{text}\n{instruction}\n"
     assert len(trainer.train_dataset) == len(ROWS)  # positives="first": the second positive is dropped
     tok = trainer.processing_class
-    policy, decoder, reference = trainer.model, trainer.frozen_decoder.decoder, trainer.reference.model
+    policy, decoder, reference = trainer.model, trainer.frozen_decoder.model, trainer.reference.model
     expected = official_loss(policy.model, reference.model, decoder, tok, ROWS, BETA, 0.1)
 
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field, make_dataclass, replace
 from typing import Any, get_type_hints
@@ -9,6 +10,7 @@ from typing import Any, get_type_hints
 from transformers import TrainingArguments
 
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
+from autoreg_embed.modeling.checkpoint import PAD_TOKEN_CHOICES
 from autoreg_embed.modeling.settings import FIXED, EncoderSettings, training_options
 from autoreg_embed.trainers.recipes import (
     INSTRUCTION_TEMPLATES,
@@ -72,6 +74,21 @@ class EncoderTrainingConfig(EncoderLayoutOptions, TrainingArguments):
             "help": "dtype to load the model in when a name is given (float32, bfloat16, auto). Default: float32."
         },
     )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for from_pretrained when a model name or path is given, as in trl (a dict, or "
+            'a JSON string on the command line), e.g. \'{"attn_implementation": "flash_attention_2"}\' (falls back '
+            "to sdpa when flash-attn is absent). The dtype is model_dtype."
+        },
+    )
+    pad_token: str = field(
+        default="auto",
+        metadata={
+            "help": "Pad token for a tokenizer without one (LLaMA-2, Mistral): 'auto' (UNK if it exists, else EOS), "
+            "'unk' or 'eos'. Padding is masked out, so it never changes a loss; targets keep their EOS."
+        },
+    )
     instruction_position: InstructionPosition | None = field(
         default=None,
         metadata={"help": "Where the instruction goes: after_text (paper) or before_text; sets the template."},
@@ -101,6 +118,12 @@ class EncoderTrainingConfig(EncoderLayoutOptions, TrainingArguments):
             )
         if self.recipe == "official" and not self.warmup_steps:
             self.warmup_steps = OFFICIAL_WARMUP
+        if isinstance(self.model_init_kwargs, str):
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        if "dtype" in (self.model_init_kwargs or {}) or "torch_dtype" in (self.model_init_kwargs or {}):
+            raise ValueError("Set the model's dtype with model_dtype, not inside model_init_kwargs.")
+        if self.pad_token not in PAD_TOKEN_CHOICES:
+            raise ValueError(f"pad_token must be one of {list(PAD_TOKEN_CHOICES)}, got {self.pad_token!r}.")
         self.remove_unused_columns = False  # the collators read the raw text columns
         if self.label_names is None:
             self.label_names = []
