@@ -9,7 +9,6 @@ runs every scenario; the tests import :func:`run_scenario` for the one-process r
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from helpers import QUIET_CPU_RUN, make_tiny_model
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer
 
 from autoreg_embed import (
@@ -28,10 +27,13 @@ from autoreg_embed import (
     CompressionTrainer,
     ContrastiveConfig,
     ContrastiveTrainer,
+    EncoderSettings,
+    add_compress_tokens,
     default_model_path,
 )
 
 GLOBAL_BATCH = 4
+NUM_COMPRESS_TOKENS = 2
 STEPS = 2
 TARGET_WORDS = (1, 2, 14, 14)
 """Targets of very different lengths (2, 3, 15 and 15 tokens with EOS): a per-micro-batch mean would weigh the
@@ -64,16 +66,29 @@ def lora() -> LoraConfig:
     return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
 
 
+def tiny_llama(tokenizer) -> torch.nn.Module:
+    return make_tiny_model("llama", tokenizer)
+
+
+def stage1_lora_model(tokenizer) -> torch.nn.Module:
+    """A tiny Llama with the compress tokens and a (random) stage-1 LoRA adapter, as stage 1 with LoRA leaves it."""
+    model = make_tiny_model("llama", tokenizer)
+    add_compress_tokens(model, tokenizer, EncoderSettings(num_compress_tokens=NUM_COMPRESS_TOKENS))
+    return get_peft_model(model, lora())
+
+
 SCENARIOS: dict[str, tuple[type, type, Callable[[], list[dict]], dict]] = {
     "compression": (CompressionTrainer, CompressionConfig, compression_rows, {}),
     "compression-lora": (CompressionTrainer, CompressionConfig, compression_rows, {"peft_config": lora}),
     "cda-copy": (CDATrainer, CDAConfig, triplet_rows, {}),
     "cda-adapter": (CDATrainer, CDAConfig, triplet_rows, {"peft_config": lora}),
     "cda-precomputed": (CDATrainer, CDAConfig, triplet_rows, {"precompute_ref_log_probs": True}),
+    "cda-two-adapter": (CDATrainer, CDAConfig, triplet_rows, {"peft_config": lora, "model": stage1_lora_model}),
     "contrastive": (ContrastiveTrainer, ContrastiveConfig, triplet_rows, {"gather_across_processes": False}),
     "contrastive-gather": (ContrastiveTrainer, ContrastiveConfig, triplet_rows, {"gather_across_processes": True}),
 }
-"""Scenario name -> (trainer, config, rows, options); ``peft_config`` is a factory, the rest config options."""
+"""Scenario name -> (trainer, config, rows, options); ``peft_config`` and ``model`` (given the tokenizer) are
+factories, the rest config options. The default model is a fresh tiny Llama (seed 0)."""
 
 
 def build_trainer(name: str, out: Path, per_device_batch: int, accumulation: int = 1, tag: str = "run", **options):
@@ -82,6 +97,7 @@ def build_trainer(name: str, out: Path, per_device_batch: int, accumulation: int
     scenario_options = dict(scenario_options)
     peft_config = scenario_options.pop("peft_config", lambda: None)()
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    model = scenario_options.pop("model", tiny_llama)(tokenizer)
     config = config_class(
         **{
             **QUIET_CPU_RUN,
@@ -93,7 +109,7 @@ def build_trainer(name: str, out: Path, per_device_batch: int, accumulation: int
             "optim": "sgd",
             "learning_rate": 0.5,
             "lr_scheduler_type": "constant",
-            "num_compress_tokens": 2,
+            "num_compress_tokens": NUM_COMPRESS_TOKENS,
             "seed": 0,
             **({"ref_log_probs_cache_dir": str(out / f"cache-{tag}")} if name == "cda-precomputed" else {}),
             **scenario_options,
@@ -101,10 +117,10 @@ def build_trainer(name: str, out: Path, per_device_batch: int, accumulation: int
         }
     )
     return trainer_class(
-        model=make_tiny_model("llama", tokenizer),
+        model=model,
         args=config,
         train_dataset=Dataset.from_list(rows()),
-        processing_class=copy.deepcopy(tokenizer),
+        processing_class=tokenizer,
         peft_config=peft_config,
     )
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import is_flash_attn_2_available
 
 from autoreg_embed.default_model import resolve_model_name_or_path
+from autoreg_embed.modeling.original import record_original_weights
 from autoreg_embed.modeling.settings import EncoderSettings
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def load_encoder(
             "autoreg_embed.export_sentence_transformer(model, tokenizer, settings, output_dir) instead."
         )
     base = load_causal_lm(settings.base_model_name_or_path, dtype, **model_kwargs)
+    record_original_weights(base)  # the base of an adapter is the original LLM (the decoder)
     if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable)

@@ -17,6 +17,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from autoreg_embed.modeling.encoder import position_ids_from_mask
+from autoreg_embed.modeling.original import original_vocab_size
 
 
 @dataclass
@@ -51,7 +52,10 @@ def conditional_log_probs(
     """Log-probabilities of right-padded ``target_ids`` (B, T) given ``prefix`` vectors (B, k, H).
 
     The logits are the decoder's own (so models that post-process them, e.g. Gemma-2 soft-capping or Granite
-    scaling, are scored correctly); the LM head projects the T predicting positions only.
+    scaling, are scored correctly); the LM head projects the T predicting positions only. The softmax runs over
+    the original LLM's vocabulary (:func:`~autoreg_embed.modeling.original.original_vocab_size`): a decoder that
+    shares the encoder's grown embedding matrices (a frozen copy, or a PEFT model with adapters off) scores exactly
+    as the original model loaded afresh.
 
     Args:
         decoder: a causal LM, possibly PEFT and/or engine-wrapped (run as is: freeze it, or pass a PEFT model
@@ -77,6 +81,9 @@ def conditional_log_probs(
             use_cache=False,
             logits_to_keep=predicting,
         ).logits
+    vocab_size = original_vocab_size(extract_model_from_parallel(decoder))
+    if vocab_size is not None:
+        logits = logits[..., :vocab_size]
     if return_distributions:
         log_probs = at_least_float32(logits).log_softmax(dim=-1)
         token_log_probs = log_probs.gather(-1, target_ids[..., None]).squeeze(-1) * target_mask.to(log_probs.dtype)

@@ -17,7 +17,7 @@ from torch import nn
 from autoreg_embed.modeling.encoder import backbone_of
 
 ORIGINAL_WEIGHTS_KEY = "autoreg_embed_original"
-"""Entry of ``model.config`` holding ``{"name_or_path": ..., "fingerprint": ...}`` of the original LLM."""
+"""Entry of ``model.config`` holding ``{"name_or_path", "fingerprint", "vocab_size"}`` of the original LLM."""
 
 
 def _config(model: nn.Module):
@@ -52,24 +52,39 @@ def layer_weights_fingerprint(model: nn.Module) -> str:
 
 
 def record_original_weights(model: nn.Module) -> None:
-    """Record in ``model.config`` that the model's current weights are the original LLM (name + fingerprint).
+    """Record in ``model.config`` that the model's current weights are the original LLM: its name, a fingerprint
+    of its layer weights, and its vocabulary size (the rows of its output embedding, before compress tokens).
 
-    Called by :func:`~autoreg_embed.modeling.compress_tokens.add_compress_tokens` when it adds the tokens, i.e.
+    Called by :func:`~autoreg_embed.modeling.compress_tokens.add_compress_tokens` before it adds the tokens, i.e.
     before any autoreg-embed training. An existing record (a model that had compress tokens before) is kept.
     """
     config = _config(model)
     if getattr(config, ORIGINAL_WEIGHTS_KEY, None):
         return
-    record = {"name_or_path": str(getattr(config, "_name_or_path", "") or ""), "fingerprint": None}
+    head = model.get_output_embeddings() or model.get_input_embeddings()
+    record = {
+        "name_or_path": str(getattr(config, "_name_or_path", "") or ""),
+        "fingerprint": None,
+        "vocab_size": int(head.weight.shape[0]),
+    }
     if not _is_partitioned():
         record["fingerprint"] = layer_weights_fingerprint(model)
     setattr(config, ORIGINAL_WEIGHTS_KEY, record)
 
 
-def original_record(model: nn.Module) -> dict[str, str | None] | None:
-    """The ``{"name_or_path", "fingerprint"}`` record of the original LLM, or ``None`` if the model has none."""
+def original_record(model: nn.Module) -> dict[str, str | int | None] | None:
+    """The ``{"name_or_path", "fingerprint", "vocab_size"}`` record of the original LLM, or ``None`` if none."""
     record = getattr(_config(model), ORIGINAL_WEIGHTS_KEY, None)
     return dict(record) if record else None
+
+
+def original_vocab_size(model: nn.Module) -> int | None:
+    """The vocabulary size of the original LLM, before compress tokens were added (``None`` if not recorded).
+
+    The frozen decoder scores targets over this vocabulary: the compress tokens are not words of the original
+    LLM, even when the decoder shares the (grown) embedding matrices of the encoder.
+    """
+    return (original_record(model) or {}).get("vocab_size")
 
 
 def holds_original_weights(model: nn.Module) -> bool | None:

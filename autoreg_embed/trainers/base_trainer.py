@@ -23,7 +23,7 @@ from autoreg_embed.default_model import DEFAULT_MODEL
 from autoreg_embed.modeling.checkpoint import ensure_pad_token, load_causal_lm, load_encoder, load_tokenizer
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.encoder import EncoderOutput, encode
-from autoreg_embed.modeling.frozen import is_peft_model
+from autoreg_embed.modeling.frozen import is_peft_model, preserved_trainability
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers import (
     embedding_dimension,
@@ -370,6 +370,27 @@ class AutoRegTrainer(Trainer):
             write_sentence_transformers_files(
                 directory, self.encoder_settings, embedding_dimension(model), **self._sentence_transformer_metadata()
             )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Resume every PEFT adapter from the checkpoint into its own slot, keeping which adapters are active and
+        which train (the Trainer's own loader keeps only the first active adapter, which breaks two-adapter CDA)."""
+        unwrapped = self.accelerator.unwrap_model(model or self.model)
+        if not is_peft_model(unwrapped):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+        active = list(unwrapped.base_model.active_adapters)
+        with preserved_trainability(unwrapped):
+            for name in unwrapped.peft_config:
+                folder = Path(resume_from_checkpoint) / ("" if name == "default" else name)
+                weights = load_peft_weights(str(folder), device=str(self.args.device))
+                result = set_peft_model_state_dict(unwrapped, weights, adapter_name=name)
+                if getattr(result, "unexpected_keys", None):
+                    raise ValueError(
+                        f"{folder} does not hold the adapter {name!r} of this model: {result.unexpected_keys[:3]}"
+                    )
+            unwrapped.base_model.set_adapter(active)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Write ``checkpoint-N`` atomically: into a staging folder first, renamed once every process is done.
