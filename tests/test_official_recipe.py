@@ -200,8 +200,10 @@ def test_official_recipe_reproduces_the_official_loss(tmp_path, tokenizer):
     assert trainer.encoder_settings.template == "{text}\n{instruction}\n"
     assert len(trainer.train_dataset) == len(ROWS)  # positives="first": the second positive is dropped
     tok = trainer.processing_class
-    policy, decoder, reference = trainer.model, trainer.frozen_decoder.model, trainer.reference.model
-    expected = official_loss(policy.model, reference.model, decoder, tok, ROWS, BETA, 0.1)
+    policy, reference = trainer.model, trainer.reference.model
+    original = make_tiny_model("llama", tokenizer, seed=0).double()  # decoder_name_or_path, loaded afresh
+    assert original.get_output_embeddings().weight.shape[0] == len(tok) - K  # no compress tokens in its vocabulary
+    expected = official_loss(policy.model, reference.model, original, tok, ROWS, BETA, 0.1)
 
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))])
     official_input = official_features(tok, ROWS[0], STS_INSTRUCTION, 2)["pos_output"]["input_ids"]
