@@ -59,26 +59,19 @@ def prepare_encoder(
 
     One loading path for every folder the package writes: an autoreg-embed checkpoint (a final save or a
     ``checkpoint-N``, full weights or a PEFT adapter) loads with :func:`~autoreg_embed.load_encoder` and keeps
-    its settings (a different ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch); an
-    adapter checkpoint stays trainable unless ``peft_config`` adds a new adapter on top. Anything else loads as a
-    causal LM with ``args.model_init_kwargs``. A tokenizer without a pad token gets one (``args.pad_token``).
+    its settings, except for the lengths ``args`` sets; a k, template, BOS or pooling in ``args`` that differs from
+    the saved one is an error (see :meth:`EncoderTrainingConfig.encoder_settings`). An adapter checkpoint stays
+    trainable unless ``peft_config`` adds a new adapter on top. Anything else loads as a causal LM with
+    ``args.model_init_kwargs``. A tokenizer without a pad token gets one (``args.pad_token``).
     """
     name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None) or None
     base_name = DEFAULT_MODEL if model is None else name
-    settings = args.encoder_settings(base_model_name_or_path=base_name)
     model_kwargs = args.model_init_kwargs or {}
-    if name is not None and EncoderSettings.exists_in(name):
-        saved = EncoderSettings.load(name)
-        if saved.num_compress_tokens != settings.num_compress_tokens:
-            raise ValueError(
-                f"The checkpoint {name} was trained with num_compress_tokens={saved.num_compress_tokens}, but the "
-                f"config asks for {settings.num_compress_tokens}. Set num_compress_tokens="
-                f"{saved.num_compress_tokens}."
-            )
-        settings = saved
-        if isinstance(model, str):
-            loaded = load_encoder(name, args.model_dtype, is_trainable=peft_config is None, **model_kwargs)
-            model, processing_class = loaded.model, processing_class or loaded.tokenizer
+    saved = EncoderSettings.load(name) if name is not None and EncoderSettings.exists_in(name) else None
+    settings = args.encoder_settings(base_model_name_or_path=base_name, saved=saved, checkpoint=name)
+    if saved is not None and isinstance(model, str):
+        loaded = load_encoder(name, args.model_dtype, is_trainable=peft_config is None, **model_kwargs)
+        model, processing_class = loaded.model, processing_class or loaded.tokenizer
     if model is None or isinstance(model, str):
         model = load_causal_lm(model, args.model_dtype, **model_kwargs)
     if processing_class is None:
@@ -190,7 +183,14 @@ class AutoRegTrainer(Trainer):
         model, processing_class, self.encoder_settings = prepare_encoder(model, processing_class, args, peft_config)
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             self.validate(dataset, name)
-        self.instruction_texts = args.instruction_texts() if isinstance(args, InstructionTrainingConfig) else None
+        train_dataset, eval_dataset = (
+            self.prepare_dataset(train_dataset, args),
+            self.prepare_dataset(eval_dataset, args),
+        )
+        self.instruction_texts = None
+        if isinstance(args, InstructionTrainingConfig):
+            args.check_instructions(self.encoder_settings)  # a checkpoint's template may lack an instruction slot
+            self.instruction_texts = args.instruction_texts()
         self.prepare_components(model, processing_class, args)
         self._metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),
@@ -220,6 +220,10 @@ class AutoRegTrainer(Trainer):
         validate_dataset(
             dataset, name, self.text_columns, list_columns=list_columns, optional_columns=self.optional_columns
         )
+
+    def prepare_dataset(self, dataset: Any, args: EncoderTrainingConfig) -> Any:
+        """Reshape a validated dataset (or ``None``) before training, e.g. one row per positive; default: as is."""
+        return dataset
 
     def prepare_components(
         self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig
