@@ -4,7 +4,7 @@ from autoreg_embed.default_model import DEFAULT_MODEL, default_model_path, resol
 from autoreg_embed.modeling import (
     EncoderInputBuilder,
     EncoderSettings,
-    FrozenDecoder,
+    FrozenRole,
     add_compress_tokens,
     conditional_log_probs,
     encode,
@@ -37,7 +37,7 @@ __all__ = [
     "DistillTrainer",
     "EncoderInputBuilder",
     "EncoderSettings",
-    "FrozenDecoder",
+    "FrozenRole",
     "LoadedEncoder",
     "__version__",
     "add_compress_tokens",

@@ -211,7 +211,13 @@ class EvaluateArguments:
     instruction_retrieval_contexts: int | None = field(
         default=None, metadata={"help": "Use only the first N contexts of --instruction_retrieval."}
     )
-    mteb: str | None = field(default=None, metadata={"help": "Comma-separated mteb task names (needs hub access)."})
+    mteb: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated mteb task names, or paper-sts: the paper's 10 STS tasks (English, test split), "
+            "printed next to the paper's averages (needs hub access)."
+        },
+    )
     baseline: str | None = field(
         default=None, metadata={"help": "Evaluate the model untrained with this pooling: last, mean or eos."}
     )
@@ -232,11 +238,14 @@ class EvaluateArguments:
 def run_evaluate(argv: Sequence[str]) -> None:
     """Evaluate a model on offline STS / retrieval data and/or mteb tasks; write JSON and print a summary."""
     from autoreg_embed.evaluation import (
+        PAPER_STS,
         evaluate_instruction_retrieval,
         evaluate_mteb,
         evaluate_retrieval,
         evaluate_sts,
+        format_paper_sts,
         format_summary,
+        paper_sts_average,
         write_results,
     )
     from autoreg_embed.sentence_transformers import baseline, load
@@ -271,9 +280,13 @@ def run_evaluate(argv: Sequence[str]) -> None:
     if args.mteb:
         tasks = [name.strip() for name in args.mteb.split(",") if name.strip()]
         results["mteb"] = evaluate_mteb(model, tasks, batch_size=args.batch_size)
+        if PAPER_STS in tasks:
+            results[PAPER_STS] = {"average": paper_sts_average(results["mteb"])}
     name = "baseline-" + args.baseline if args.baseline else "results"
     path = write_results(results, output, name)
     print(f"{args.model_name_or_path}: {format_summary(results)} (written to {path})")
+    if args.mteb and PAPER_STS in tasks:
+        print(format_paper_sts(results["mteb"]))
 
 
 STAGES: dict[str, Callable[[Sequence[str]], None]] = {

@@ -515,7 +515,7 @@ def trainable_names(model) -> set[str]:
 
 def test_full_fine_tuning_the_teacher_is_a_frozen_copy_and_gets_no_gradient(tmp_path, tokenizer):
     trainer = make_trainer(tmp_path, tokenizer)
-    teacher = trainer.teacher.decoder
+    teacher = trainer.teacher.model
     assert teacher is not None and not teacher.training
     assert not {p.data_ptr() for p in teacher.parameters()} & {p.data_ptr() for p in trainer.model.parameters()}
     trainer.model.train()
@@ -539,7 +539,7 @@ def test_frozen_backbone_moves_only_the_soft_prompt_rows(tmp_path, tokenizer):
         learning_rate=1e-2,
     )
     model = trainer.model
-    assert trainer.teacher.shares_encoder_weights  # the adapter-disabled student: no copy
+    assert trainer.teacher.shares_policy_weights  # the adapter-disabled student: no copy
     assert trainable_names(model) == {"base_model.model.model.embed_tokens.trainable_tokens_delta.default"}
     base = copy.deepcopy(model).merge_and_unload().state_dict()  # at step 0 the trainable rows are a no-op
     with trainer.teacher() as teacher:
@@ -564,7 +564,7 @@ def test_lora_trains_adapters_and_soft_prompt_rows_and_the_teacher_is_the_adapte
     rows = distill_rows(4)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_MODULES, init_lora_weights=False)
     trainer = make_trainer(tmp_path, tokenizer, rows=rows, peft_config=lora, learning_rate=1e-2)
-    assert trainer.teacher.decoder is None
+    assert trainer.teacher.model is None
     trainable = trainable_names(trainer.model)
     assert trainable and all(".lora_" in name or "trainable_tokens" in name for name in trainable)
     batch = trainer.data_collator(rows)
@@ -586,7 +586,7 @@ def test_a_wider_explicit_teacher_gets_a_trained_projection_and_no_gradient(tmp_
     rows = distill_rows(8)
     teacher = make_tiny_model("llama", tokenizer, seed=5, hidden_size=48)
     trainer = make_trainer(tmp_path, tokenizer, rows=rows, teacher_model=teacher, max_steps=2, save_strategy="steps")
-    assert trainer.teacher.decoder is teacher and tuple(trainer.projection.weight.shape) == (48, 32)
+    assert trainer.teacher.model is teacher and tuple(trainer.projection.weight.shape) == (48, 32)
     before = trainer.projection.weight.detach().clone()
     teacher_before = copy.deepcopy(teacher.state_dict())
     trainer.args.save_steps = 1
@@ -618,7 +618,7 @@ def test_precomputed_teacher_targets_equal_the_live_teacher_and_are_cached(tmp_p
     def no_teacher_pass(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(DistillTrainer, "_compute_teacher_targets", no_teacher_pass)
+    monkeypatch.setattr(DistillTrainer, "compute_teacher_targets", no_teacher_pass)
     again = make_trainer(
         tmp_path, tokenizer, rows=rows, positive_views=["output", "teacher"], precompute_teacher_targets=True
     )
@@ -759,15 +759,22 @@ def test_freeze_backbone_with_a_peft_config_is_an_error(tmp_path, tokenizer):
         make_trainer(tmp_path, tokenizer, peft_config=lora, freeze_backbone=True, last_token_position="final")
 
 
-def test_a_checkpoint_keeps_its_layout_and_the_differing_options_are_named(tmp_path, tokenizer, caplog):
+def test_a_checkpoint_keeps_its_layout_unless_an_option_contradicts_it(tmp_path, tokenizer):
+    """Unset layout options take a checkpoint's saved values (not the distill defaults); a different one is an
+    error; and the losses are checked against the checkpoint's settings."""
     model = make_tiny_model("llama", tokenizer)
     settings = EncoderSettings(num_compress_tokens=M, pooling="compress_mean")
     add_compress_tokens(model, tokenizer, settings)
     autoreg_embed.export_sentence_transformer(model, tokenizer, settings, tmp_path / "stage1")
-    with caplog.at_level("WARNING"):
-        trainer = DistillTrainer(model=str(tmp_path / "stage1"), args=distill_args(tmp_path))
-    assert trainer.encoder_settings.pooling == "compress_mean"
-    assert "['pooling', 'last_token_position'] are not used" in caplog.text
+    trainer = DistillTrainer(model=str(tmp_path / "stage1"), args=distill_args(tmp_path))
+    saved = (trainer.encoder_settings.num_compress_tokens, trainer.encoder_settings.pooling)
+    assert saved == (M, "compress_mean") and trainer.encoder_settings.last_token_position == "final"
+    with pytest.raises(ValueError, match="pooling='daap' differs from the checkpoint"):
+        DistillTrainer(model=str(tmp_path / "stage1"), args=distill_args(tmp_path, pooling="daap"))
+    settings = EncoderSettings(num_compress_tokens=0, pooling="last")
+    autoreg_embed.export_sentence_transformer(make_tiny_model("llama", tokenizer), tokenizer, settings, tmp_path / "k0")
+    with pytest.raises(ValueError, match="distillation_weight > 0 distils into the soft prompts"):
+        DistillTrainer(model=str(tmp_path / "k0"), args=distill_args(tmp_path, num_compress_tokens=None))
 
 
 def test_positive_views_from_a_comma_separated_string(tmp_path):

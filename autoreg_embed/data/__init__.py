@@ -1,6 +1,6 @@
 """Data: collators, instruction presets, schema validation and loading."""
 
-from autoreg_embed.data.cda_collator import CDACollator
+from autoreg_embed.data.cda_collator import CDACollator, one_positive_per_row
 from autoreg_embed.data.collators import CompressionCollator, ContrastiveCollator, TargetBuilder
 from autoreg_embed.data.distill_collator import DistillCollator, TeacherInputBuilder
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
@@ -17,5 +17,6 @@ __all__ = [
     "TargetBuilder",
     "TeacherInputBuilder",
     "load_rows",
+    "one_positive_per_row",
     "validate_rows",
 ]

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 SETTINGS_FILE = "autoreg_embed_config.json"
 """File name of the encoder settings inside a saved checkpoint."""
 
-POOLING_METHODS = ("compress_mean", "compress_last", "last", "mean", "eos", "daap")
+Pooling = Literal["compress_mean", "compress_last", "last", "mean", "eos", "daap"]
+POOLING_METHODS: tuple[str, ...] = get_args(Pooling)
 """``compress_*`` reduce the k compress-token states; ``last``/``mean``/``eos`` pool an untrained prompt; ``daap``
 combines the last-token state with the mean compress-token (soft-prompt) state (InstEmb's dual-anchor pooling)."""
 
-LAST_TOKEN_POSITIONS = ("final", "before_compress")
+LastTokenPosition = Literal["final", "before_compress"]
+LAST_TOKEN_POSITIONS: tuple[str, ...] = get_args(LastTokenPosition)
 """Which state ``last`` pooling and the DAAP anchor take when k >= 1: the sequence's final position (the last
 compress token, which attends to text, instruction and every compress token) or the last text/instruction token
 just before the compress tokens (which, under causal attention, cannot see them)."""
 
-DAAP_COMBINATIONS = ("concat", "sum")
+DaapCombination = Literal["concat", "sum"]
+DAAP_COMBINATIONS: tuple[str, ...] = get_args(DaapCombination)
 """How DAAP joins its two normalised anchors: concatenation (2H dimensions) or a weighted sum (H dimensions)."""
+
+FIXED, ADJUSTABLE = "fixed", "adjustable"
+"""How a training option (field metadata ``"training_option"``) behaves when training continues from a saved
+checkpoint: a ``fixed`` one is what the encoder was trained with and may not change; an ``adjustable`` one may."""
 
 TEXT_PLACEHOLDER = "{text}"
 
@@ -34,28 +42,58 @@ class EncoderSettings:
     default template ``"{text}\\n{instruction}"``: instruction after the text, compress tokens last.
     """
 
-    num_compress_tokens: int = field(default=5, metadata={"help": "k, the number of compress tokens."})
+    num_compress_tokens: int = field(
+        default=5, metadata={"help": "k, the number of compress tokens (paper: 5).", "training_option": FIXED}
+    )
     compress_token_format: str = field(
         default="<EMBED{index}>", metadata={"help": "Format of the compress-token strings ({index} = 0..k-1)."}
     )
     template: str = field(
         default="{text}\n{instruction}",
-        metadata={"help": "Layout of text and instruction; must contain {text} and may contain {instruction}."},
+        metadata={
+            "help": "Layout of text and instruction: {text} once and optionally {instruction}, e.g. "
+            "'This sentence : \"{text}\" {instruction}' (PromptEOL's prompt around the text).",
+            "training_option": FIXED,
+        },
     )
-    add_bos: bool = field(default=True, metadata={"help": "Start every encoder input with the BOS token."})
-    pooling: str = field(default="compress_mean", metadata={"help": f"One of {', '.join(POOLING_METHODS)}."})
+    add_bos: bool = field(
+        default=True, metadata={"help": "Start every encoder input with the BOS token.", "training_option": FIXED}
+    )
+    pooling: Pooling = field(
+        default="compress_mean",
+        metadata={"help": f"Embedding pooling, one of {', '.join(POOLING_METHODS)}.", "training_option": FIXED},
+    )
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)."})
-    last_token_position: str = field(
-        default="final", metadata={"help": f"State of 'last' pooling and the DAAP anchor: {LAST_TOKEN_POSITIONS}."}
+    last_token_position: LastTokenPosition = field(
+        default="final",
+        metadata={
+            "help": f"State of 'last' pooling and the DAAP anchor when k >= 1: {', '.join(LAST_TOKEN_POSITIONS)} "
+            "(final: the last compress token, which sees everything; before_compress: the last text/instruction "
+            "token, which does not see the compress tokens).",
+            "training_option": FIXED,
+        },
     )
-    daap_combination: str = field(
-        default="concat", metadata={"help": f"How 'daap' pooling joins its anchors: {DAAP_COMBINATIONS}."}
+    daap_combination: DaapCombination = field(
+        default="concat",
+        metadata={
+            "help": f"How 'daap' pooling joins its two anchors: {', '.join(DAAP_COMBINATIONS)}.",
+            "training_option": FIXED,
+        },
     )
     daap_weight: float = field(
-        default=0.5, metadata={"help": "Weight w of the last-token anchor in 'daap' pooling (1 - w: soft prompts)."}
+        default=0.5,
+        metadata={
+            "help": "Weight w of the last-token anchor in 'daap' pooling (the soft prompts get 1 - w).",
+            "training_option": FIXED,
+        },
     )
-    max_text_length: int = field(default=512, metadata={"help": "Tokens of text kept (the head is kept)."})
-    max_instruction_length: int = field(default=512, metadata={"help": "Tokens of instruction kept."})
+    max_text_length: int = field(
+        default=512,
+        metadata={"help": "Max tokens of context/query/document text (head kept).", "training_option": ADJUSTABLE},
+    )
+    max_instruction_length: int = field(
+        default=512, metadata={"help": "Max tokens of instruction.", "training_option": ADJUSTABLE}
+    )
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The original LLM (the frozen decoder of both training stages)."}
     )
@@ -139,3 +177,9 @@ class EncoderSettings:
     def exists_in(cls, directory: str | os.PathLike) -> bool:
         """Whether ``directory`` holds saved encoder settings."""
         return (Path(directory) / SETTINGS_FILE).is_file()
+
+
+def training_options() -> dict[str, Field]:
+    """The :class:`EncoderSettings` fields a trainer config exposes as options, by name (metadata
+    ``"training_option"``: :data:`FIXED` or :data:`ADJUSTABLE`)."""
+    return {option.name: option for option in fields(EncoderSettings) if "training_option" in option.metadata}

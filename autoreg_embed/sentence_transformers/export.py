@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
 from autoreg_embed.default_model import DEFAULT_MODEL
 from autoreg_embed.modeling.checkpoint import ADAPTER_CONFIG_FILE, load_causal_lm, load_tokenizer
-from autoreg_embed.modeling.decoder import is_peft_model
+from autoreg_embed.modeling.frozen import is_peft_model
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers.model_card import render_model_card
 from autoreg_embed.sentence_transformers.module import (

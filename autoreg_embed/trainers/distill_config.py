@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from autoreg_embed.losses.distillation import DISTILLATION_METRICS, DISTILLATION_TARGETS, POSITIVE_VIEWS, TEACHER_VIEW
-from autoreg_embed.modeling.settings import POOLING_METHODS
+from autoreg_embed.modeling.settings import EncoderSettings, LastTokenPosition, Pooling
 from autoreg_embed.trainers.base_config import EncoderTrainingConfig
+
+DISTILL_LAYOUT = {"num_compress_tokens": 8, "pooling": "daap", "last_token_position": "before_compress"}
+"""The layout options a DistillConfig uses where they are not set (and the model is not an autoreg-embed
+checkpoint, whose saved settings apply instead)."""
 
 
 @dataclass
@@ -22,16 +26,20 @@ class DistillConfig(EncoderTrainingConfig):
     (``freeze_backbone``, with ``last_token_position="final"``).
     """
 
-    num_compress_tokens: int = field(default=8, metadata={"help": "m, the number of look-ahead soft prompts."})
-    last_token_position: str = field(
-        default="before_compress",
-        metadata={
-            "help": "The primary anchor: the last input (text/instruction) token, 'before_compress', or the final "
-            "position, 'final' (the last soft prompt, which sees the soft prompts; needed with freeze_backbone)."
-        },
+    num_compress_tokens: int | None = field(
+        default=None, metadata={"help": "m, the number of look-ahead soft prompts. Unset: 8 (or a checkpoint's k)."}
     )
-    pooling: str = field(
-        default="daap", metadata={"help": f"Embedding pooling saved with the model: {POOLING_METHODS}."}
+    pooling: Pooling | None = field(
+        default=None,
+        metadata={"help": "Embedding pooling saved with the model. Unset: daap (or a checkpoint's pooling)."},
+    )
+    last_token_position: LastTokenPosition | None = field(
+        default=None,
+        metadata={
+            "help": "The primary anchor: the last input (text/instruction) token, before_compress, or the final "
+            "position, final (the last soft prompt, which sees the soft prompts; needed with freeze_backbone). Unset: "
+            "before_compress (or a checkpoint's)."
+        },
     )
     freeze_backbone: bool = field(
         default=False,
@@ -98,18 +106,6 @@ class DistillConfig(EncoderTrainingConfig):
             raise ValueError("contrastive_weight > 0 needs at least one positive view (or set contrastive_weight=0).")
         if not (self.contrastive_weight > 0 or self.distillation_weight > 0):
             raise ValueError("contrastive_weight and distillation_weight are both 0: nothing to train.")
-        if self.distillation_weight > 0 and self.num_compress_tokens == 0:
-            raise ValueError(
-                "distillation_weight > 0 distils into the soft prompts, but num_compress_tokens=0. Set "
-                "distillation_weight=0 for the last-token-only model."
-            )
-        if self.freeze_backbone and self.num_compress_tokens == 0:
-            raise ValueError("freeze_backbone trains only the soft prompts; it needs num_compress_tokens >= 1.")
-        if self.freeze_backbone and self.contrastive_weight > 0 and self.last_token_position == "before_compress":
-            raise ValueError(
-                "With freeze_backbone the anchor before the soft prompts cannot change, so the contrastive loss would "
-                "train nothing: set last_token_position='final' (or contrastive_weight=0)."
-            )
         if not self.in_batch_negatives and TEACHER_VIEW in self.positive_views:
             raise ValueError("The 'teacher' view has no hard negatives; it needs in_batch_negatives=True.")
         choices = {
@@ -126,7 +122,38 @@ class DistillConfig(EncoderTrainingConfig):
         if self.max_output_length < 1:
             raise ValueError(f"max_output_length must be >= 1, got {self.max_output_length}.")
         super().__post_init__()
-        self.encoder_settings().split_template(self.output_instruction)  # a template without {instruction} slot
+        self.check_layout(self.encoder_settings())
+
+    def encoder_settings(
+        self,
+        base_model_name_or_path: str | None = None,
+        saved: EncoderSettings | None = None,
+        checkpoint: str | None = None,
+    ) -> EncoderSettings:
+        """As :meth:`EncoderTrainingConfig.encoder_settings`, with :data:`DISTILL_LAYOUT` for the options not set
+        when the model is not a checkpoint."""
+        if saved is None:
+            return EncoderSettings(
+                **{**DISTILL_LAYOUT, **self.layout_choices()}, base_model_name_or_path=base_model_name_or_path
+            )
+        return super().encoder_settings(base_model_name_or_path, saved, checkpoint)
+
+    def check_layout(self, settings: EncoderSettings) -> None:
+        """Raise ``ValueError`` if the losses and training mode cannot work with ``settings`` (checked again with a
+        checkpoint's settings when the trainer starts from one)."""
+        if self.distillation_weight > 0 and settings.num_compress_tokens == 0:
+            raise ValueError(
+                "distillation_weight > 0 distils into the soft prompts, but num_compress_tokens=0. Set "
+                "distillation_weight=0 for the last-token-only model."
+            )
+        if self.freeze_backbone and settings.num_compress_tokens == 0:
+            raise ValueError("freeze_backbone trains only the soft prompts; it needs num_compress_tokens >= 1.")
+        if self.freeze_backbone and self.contrastive_weight > 0 and settings.last_token_position == "before_compress":
+            raise ValueError(
+                "With freeze_backbone the anchor before the soft prompts cannot change, so the contrastive loss would "
+                "train nothing: set last_token_position='final' (or contrastive_weight=0)."
+            )
+        settings.split_template(self.output_instruction)  # a template without {instruction} slot
 
     @property
     def needs_teacher(self) -> bool:

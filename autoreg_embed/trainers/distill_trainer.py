@@ -13,22 +13,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from autoreg_embed.data.distill_collator import TEACHER_TARGET_COLUMNS, DistillCollator, TeacherInputBuilder
 from autoreg_embed.default_model import cache_dir
 from autoreg_embed.losses.distillation import TEACHER_VIEW, InstEmbLossOutput, OutputSpanTargets, instemb_loss
 from autoreg_embed.losses.distillation import output_span_targets as span_targets
-from autoreg_embed.modeling.decoder import FrozenDecoder, original_decoder
 from autoreg_embed.modeling.encoder import backbone_of, last_hidden_states
+from autoreg_embed.modeling.frozen import FrozenRole, original_decoder
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
+from autoreg_embed.modeling.original import parameters_fingerprint
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer
-from autoreg_embed.trainers.cda_trainer import weights_fingerprint
 from autoreg_embed.trainers.contrastive_trainer import gather_with_gradient
 from autoreg_embed.trainers.distill_config import DistillConfig
 
@@ -104,15 +106,6 @@ class DistillTrainer(AutoRegTrainer):
         self._teacher_model, self._teacher_processing_class = teacher_model, teacher_processing_class
         self.args = args  # read by validate() and the collator before Trainer.__init__ sets it (to the same object)
         super().__init__(model, args, *trainer_args, **kwargs)
-        for separate in (self.teacher.decoder if self.teacher else None, self.projection):
-            if separate is not None:
-                separate.to(self.args.device)
-        if self.args.precompute_teacher_targets and self.teacher is not None:
-            self.train_dataset = self.with_teacher_targets(self.train_dataset, "train")
-            if self.eval_dataset is not None:
-                self.eval_dataset = self.with_teacher_targets(self.eval_dataset, "eval")
-            if self.teacher.decoder is not None:
-                self.teacher = None  # targets cached: release the separate teacher model
 
     # ---- construction ------------------------------------------------------------------------------------------
 
@@ -143,25 +136,45 @@ class DistillTrainer(AutoRegTrainer):
         return list(self.args.positive_views) if self.args.contrastive_weight > 0 else []
 
     def prepare_components(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: DistillConfig) -> None:
+        args.check_layout(self.encoder_settings)  # a checkpoint's settings (k, anchor) must suit the losses too
         self.instruction_texts = {"next": "", "self": args.output_instruction}  # saved as query / document prompts
         self.input_embeddings = model.get_input_embeddings()
-        self.teacher = self.build_teacher(model) if args.needs_teacher else None
-        teacher_tokenizer = self._teacher_processing_class or tokenizer
         self.teacher_inputs = TeacherInputBuilder(
-            teacher_tokenizer, self.encoder_settings, args.teacher_output_prefix, args.max_output_length
+            self._teacher_processing_class or tokenizer,
+            self.encoder_settings,
+            args.teacher_output_prefix,
+            args.max_output_length,
         )
+
+    def create_frozen_roles(self, model: nn.Module, args: DistillConfig) -> None:
+        """The teacher (see :meth:`build_teacher`), the projection when the widths differ, and, with
+        ``precompute_teacher_targets``, the targets of the datasets (a separate teacher is then released)."""
+        self.teacher = self.build_teacher(model) if args.needs_teacher else None
+        self.projection = None
+        if self.teacher is None:
+            return
+        self.teacher.prepare(self.prepare_frozen_model)
         student_size = backbone_of(model).config.hidden_size
-        teacher_size = self.teacher_hidden_size(model)
-        self.projection = nn.Linear(student_size, teacher_size, bias=False) if teacher_size != student_size else None
+        teacher_size = backbone_of(self.teacher.model or model).config.hidden_size
+        if teacher_size != student_size:
+            if self.is_deepspeed_enabled:
+                raise ValueError(
+                    f"The teacher's hidden size {teacher_size} differs from the student's {student_size}; the "
+                    "projection between them is not supported under DeepSpeed. Use a teacher of the same width."
+                )
+            self.projection = nn.Linear(student_size, teacher_size, bias=False).to(self.args.device)
+        if args.precompute_teacher_targets:
+            self.train_dataset = self.with_teacher_targets(self.train_dataset, "train")
+            if self.eval_dataset is not None:
+                self.eval_dataset = self.with_teacher_targets(self.eval_dataset, "eval")
+            if not self.teacher.shares_policy_weights:
+                self.teacher = None  # targets cached: release the separate teacher model
 
-    def build_teacher(self, model: nn.Module) -> FrozenDecoder:
-        """The frozen teacher: ``teacher_model`` if given, else the original LLM (see :func:`original_decoder`)."""
+    def build_teacher(self, model: nn.Module) -> FrozenRole:
+        """The frozen teacher: ``teacher_model`` if given, else the original LLM from the cheapest correct source
+        (:func:`~autoreg_embed.modeling.frozen.original_decoder`: the student with its adapters off, a frozen copy,
+        or the original a checkpoint records)."""
         return original_decoder(model, self.encoder_settings, self._teacher_model)
-
-    def teacher_hidden_size(self, model: nn.Module) -> int:
-        """Hidden size of the teacher's states (the student's when there is no teacher)."""
-        teacher = self.teacher.decoder if self.teacher is not None and self.teacher.decoder is not None else model
-        return backbone_of(teacher).config.hidden_size
 
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: DistillConfig) -> DistillCollator:
         live_teacher = args.needs_teacher and not args.precompute_teacher_targets
@@ -183,8 +196,12 @@ class DistillTrainer(AutoRegTrainer):
 
     # ---- the loss ----------------------------------------------------------------------------------------------
 
-    def teacher_targets(self, inputs: dict[str, torch.Tensor]) -> OutputSpanTargets:
-        """The teacher's representation of the batch's outputs: precomputed columns, or one no-grad teacher pass."""
+    def teacher_targets(self, inputs: dict[str, torch.Tensor], model: nn.Module | None = None) -> OutputSpanTargets:
+        """The teacher's representation of the batch's outputs: precomputed columns, or one no-grad teacher pass.
+
+        ``model``: the model ``compute_loss`` received (a teacher that shares the student's weights runs through
+        it); ``None`` before training.
+        """
         if "teacher_mean" in inputs:
             return OutputSpanTargets(
                 inputs["teacher_mean"], inputs.get("teacher_positions"), inputs.get("teacher_position_mask")
@@ -194,11 +211,11 @@ class DistillTrainer(AutoRegTrainer):
                 "This batch has no precomputed teacher targets and the teacher was released after precomputing. "
                 "Pass the dataset as eval_dataset when creating the trainer, or pass teacher_model."
             )
-        with torch.no_grad(), self.teacher() as teacher:
+        with torch.no_grad(), self.teacher(model) as teacher:
             hidden = last_hidden_states(
                 teacher, inputs["teacher_attention_mask"], input_ids=inputs["teacher_input_ids"]
             )
-        return span_targets(hidden, inputs["teacher_output_mask"], self.args.num_compress_tokens)
+        return span_targets(hidden, inputs["teacher_output_mask"], self.encoder_settings.num_compress_tokens)
 
     def encode_positive_views(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], teacher: OutputSpanTargets | None
@@ -232,7 +249,7 @@ class DistillTrainer(AutoRegTrainer):
         """Encode queries and views, run the teacher, and combine them with :func:`instemb_loss`."""
         args = self.args
         queries = self.encode_batch(model, inputs)
-        teacher = self.teacher_targets(inputs) if args.needs_teacher else None
+        teacher = self.teacher_targets(inputs, model) if args.needs_teacher else None
         positives, negatives = self.encode_positive_views(model, inputs, teacher)
         target, mask = None, None
         if teacher is not None and args.distillation_weight > 0:
@@ -289,43 +306,77 @@ class DistillTrainer(AutoRegTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, InstEmbLossOutput]:
-        """The InstEmb loss of the batch (mean over queries)."""
+        """The InstEmb loss, averaged over the queries of the optimisation step (each micro-batch's loss is a mean
+        over its queries; it counts with its number of queries)."""
         output = self.compute_distill_loss(model, inputs)
-        self.check_finite(output.loss)
-        return (output.loss, output) if return_outputs else output.loss
+        items = self.loss_items(inputs)
+        loss = self.average_over_items(output.loss * items, items, num_items_in_batch)
+        self.check_finite(loss)
+        return (loss, output) if return_outputs else loss
+
+    def loss_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss averages over queries (rows)."""
+        return torch.tensor(inputs["input_ids"].shape[0])
 
     # ---- precomputed teacher targets ---------------------------------------------------------------------------
 
-    def _teacher_cache_file(self, dataset: Dataset) -> Path:
-        modules = [self.model] if self.teacher.decoder is None else [self.teacher.decoder]
+    def _teacher_cache_file(self, dataset: Dataset) -> Path | None:
+        """Where the teacher targets of ``dataset`` are cached: keyed by the dataset, the teacher's frozen weights
+        and what the teacher's input depends on, as decided by the main process. ``None`` (no cache) under
+        DeepSpeed ZeRO-3 (sharded weights)."""
+        if is_deepspeed_zero3_enabled():
+            return None
+        if self.teacher.shares_policy_weights:  # the student's frozen (base) weights
+            weights = [(name, p) for name, p in self.model.named_parameters() if not p.requires_grad]
+        else:
+            weights = list(self.teacher.model.named_parameters())
         tokenizer = self.teacher_inputs.encoder_inputs.tokenizer
         layout = self.encoder_settings
         positions = self.args.distillation_target == "position"
         settings = {  # what the teacher's input and targets depend on (not the student's soft prompts or pooling)
             "layout": [layout.template, layout.add_bos, layout.max_text_length, layout.max_instruction_length],
             "output": [self.args.teacher_output_prefix, self.args.max_output_length],
-            "positions": self.args.num_compress_tokens if positions else 0,
+            "positions": layout.num_compress_tokens if positions else 0,
             "tokenizer": [tokenizer.name_or_path, len(tokenizer)],
         }
-        key = hashlib.sha256(
-            json.dumps([dataset._fingerprint, weights_fingerprint(modules), settings], sort_keys=True).encode()
-        ).hexdigest()[:24]
+        key = [
+            hashlib.sha256(
+                json.dumps([dataset._fingerprint, parameters_fingerprint(weights), settings], sort_keys=True).encode()
+            ).hexdigest()[:24]
+        ]
+        broadcast_object_list(key, from_process=0)
         folder = Path(self.args.teacher_targets_cache_dir or cache_dir() / "teacher_targets")
-        return folder / f"{key}.safetensors"
+        return folder / f"{key[0]}.safetensors"
 
-    def _compute_teacher_targets(self, dataset: Dataset, split: str) -> dict[str, torch.Tensor]:
+    def compute_teacher_targets(self, dataset: Dataset, split: str) -> dict[str, torch.Tensor]:
+        """The teacher targets of every row of ``dataset`` (see :meth:`with_teacher_targets`), in row order,
+        computed across all processes (sharded by the accelerator, put back in order by ``gather_for_metrics``)."""
+
         def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
             instructions = [f.get("instruction") or "" for f in features]
             return self.teacher_inputs([f["text"] for f in features], instructions, [f["output"] for f in features])
 
-        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
+        loader = self.accelerator.prepare(
+            DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
+        )
+        runner = None
+        if self.is_deepspeed_enabled and self.teacher.shares_policy_weights:
+            from trl.models.utils import prepare_deepspeed
+
+            runner = prepare_deepspeed(self.model, self.accelerator)
         parts: dict[str, list[torch.Tensor]] = {column: [] for column in TEACHER_TARGET_COLUMNS}
         quiet = self.args.disable_tqdm or not self.is_local_process_zero()
         for batch in tqdm(loader, desc=f"Teacher targets ({split})", disable=quiet):
-            targets = self.teacher_targets(self._prepare_inputs(batch))
-            parts["teacher_mean"].append(targets.mean.float().cpu())
-            parts["teacher_positions"].append(targets.positions.float().cpu())
-            parts["teacher_position_mask"].append(targets.position_mask.cpu())
+            targets = self.teacher_targets(batch, runner)
+            gathered = self.accelerator.gather_for_metrics(
+                {
+                    "teacher_mean": targets.mean.float(),
+                    "teacher_positions": targets.positions.float(),
+                    "teacher_position_mask": targets.position_mask,
+                }
+            )
+            for column, value in gathered.items():
+                parts[column].append(value.cpu())
         if self.args.distillation_target != "position":
             del parts["teacher_positions"], parts["teacher_position_mask"]
         return {column: torch.cat(values) for column, values in parts.items()}
@@ -338,16 +389,18 @@ class DistillTrainer(AutoRegTrainer):
         fingerprint, the teacher's weights and every layout option that changes the teacher's input.
         """
         cache_file = self._teacher_cache_file(dataset)
-        if cache_file.is_file():
+        if cache_file is not None and cache_file.is_file():
             logger.info("Reusing teacher targets from %s.", cache_file)
             targets = load_file(cache_file)
         else:
-            targets = self._compute_teacher_targets(dataset, split)
-            if self.args.should_save:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                staging = cache_file.with_suffix(".tmp")
-                save_file({name: value.contiguous() for name, value in targets.items()}, staging)
-                os.replace(staging, cache_file)
+            targets = self.compute_teacher_targets(dataset, split)
+            if cache_file is not None:
+                if self.accelerator.is_local_main_process:
+                    cache_file.parent.mkdir(parents=True, exist_ok=True)
+                    staging = cache_file.with_suffix(f".tmp{os.getpid()}")
+                    save_file({name: value.contiguous() for name, value in targets.items()}, staging)
+                    os.replace(staging, cache_file)
+                self.accelerator.wait_for_everyone()
         for name, values in targets.items():
             if name in dataset.column_names:
                 dataset = dataset.remove_columns(name)
