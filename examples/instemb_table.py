@@ -16,6 +16,7 @@ questions about the same text. Writes ``results.json``, ``results.md`` and ``ins
 ``--output_dir``. Run from the repository root (data in ``../shared/data``)::
 
     python examples/instemb_table.py --size small --output_dir runs/instemb   # ~2 hours on one CPU core
+    python examples/instemb_table.py --size small --output_dir runs/instemb --resume   # after an interruption
     python examples/instemb_table.py --size smoke --output_dir runs/smoke    # minutes: checks the pipeline
 """
 
@@ -70,7 +71,7 @@ SIZES = {
         squad_batches=2, pubmed_batches=1, eval_contexts=2, sts_pairs=20, max_length=48, max_output_length=16
     ),
     "small": Sizes(
-        squad_batches=40, pubmed_batches=8, eval_contexts=60, sts_pairs=500, max_length=160, max_output_length=64
+        squad_batches=32, pubmed_batches=6, eval_contexts=60, sts_pairs=500, max_length=160, max_output_length=64
     ),
 }
 BATCH_SIZE = QUESTIONS_PER_CONTEXT * CONTEXTS_PER_BATCH
@@ -126,6 +127,7 @@ def common_options(sizes: Sizes, output_dir: Path, lr: float) -> dict[str, Any]:
         "max_instruction_length": sizes.max_length,
         "learning_rate": lr,
         "warmup_steps": 4,
+        "gradient_checkpointing": True,  # activations of 2 x 8 rows of 160+ tokens would take ~10 GB otherwise
         "num_train_epochs": 1,
         "logging_steps": 4,
         "save_strategy": "no",
@@ -184,34 +186,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rows = Dataset.from_list(training_rows(data / "compression", sizes, args.seed))
     results: dict[str, Any] = {"size": args.size, "sizes": sizes.__dict__, "train_rows": len(rows), "recipes": {}}
-    recipes, histories = results["recipes"], {}
+    if args.resume and (out / "results.json").is_file():  # keep the recipes an interrupted run finished
+        previous = json.loads((out / "results.json").read_text())
+        results = {**previous, "size": args.size, "sizes": sizes.__dict__, "train_rows": len(rows)}
+    recipes = results["recipes"]
+    histories = results.setdefault("histories", {})
 
-    def record(name: str, model: Any, cost: dict[str, float] | None) -> None:
+    def done(name: str) -> bool:
+        return name in recipes
+
+    def record(name: str, model: Any, cost: dict[str, float] | None, history: list | None = None) -> None:
         scores, eval_cost = timed(lambda: evaluate(model, data, sizes))
         recipes[name] = {**scores, "training": cost, "eval_wall_s": eval_cost["wall_s"]}
+        if history is not None:
+            histories[name[:3]] = history
         print(name, json.dumps(recipes[name]), flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
-    record("(a) untrained, last token", baseline(None, "last", TEMPLATE, max_text_length=sizes.max_length), None)
+    name = "(a) untrained, last token"
+    if not done(name):
+        record(name, baseline(None, "last", TEMPLATE, max_text_length=sizes.max_length), None)
 
     contrastive_dir = out / "contrastive"
-    contrastive_rows = rows.map(
-        lambda row: {"query": row["text"], "instruction_next": row["instruction"], "pos": row["output"]},
-        remove_columns=rows.column_names,
-    )
-    contrastive = ContrastiveTrainer(
-        model=None,
-        args=ContrastiveConfig(
-            **common_options(sizes, contrastive_dir, args.lr),
-            num_compress_tokens=0,
-            pooling="last",
-            instruction_self="",
-        ),
-        train_dataset=contrastive_rows,
-        peft_config=lora(),
-    )
-    histories["(b)"], cost = timed(lambda: train_and_save(contrastive, contrastive_dir))
-    record("(b) ContrastiveTrainer, last token", load(contrastive_dir), cost)
+    name = "(b) ContrastiveTrainer, last token"
+    if not done(name):
+        contrastive_rows = rows.map(
+            lambda row: {"query": row["text"], "instruction_next": row["instruction"], "pos": row["output"]},
+            remove_columns=rows.column_names,
+        )
+        contrastive = ContrastiveTrainer(
+            model=None,
+            args=ContrastiveConfig(
+                **common_options(sizes, contrastive_dir, args.lr),
+                num_compress_tokens=0,
+                pooling="last",
+                instruction_self="",
+            ),
+            train_dataset=contrastive_rows,
+            peft_config=lora(),
+        )
+        history, cost = timed(lambda: train_and_save(contrastive, contrastive_dir))
+        record(name, load(contrastive_dir), cost, history)
 
     variants = {
         "(c) DistillTrainer, DAAP": ("full", {}),
@@ -222,13 +237,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
     }
     for name, (folder, options) in variants.items():
+        if done(name):
+            continue
         directory = out / folder
         trainer, setup_cost = timed(lambda d=directory, o=options: distill_trainer(rows, sizes, d, args.lr, **o))
-        histories[name[:3]], cost = timed(lambda t=trainer, d=directory: train_and_save(t, d))
+        history, cost = timed(lambda t=trainer, d=directory: train_and_save(t, d))
         cost["teacher_targets_wall_s"], cost["teacher_targets_cpu_s"] = setup_cost["wall_s"], setup_cost["cpu_s"]
-        record(name, load(directory), cost)
-    record("(f) model of (c), last-token pooling", with_pooling(load(out / "full"), "last"), None)
-    record("(g) model of (c), soft prompts only", with_pooling(load(out / "full"), "compress_mean"), None)
+        record(name, load(directory), cost, history)
+    for name, pooling in (
+        ("(f) model of (c), last-token pooling", "last"),
+        ("(g) model of (c), soft prompts only", "compress_mean"),
+    ):
+        if not done(name):
+            record(name, with_pooling(load(out / "full"), pooling), None)
     write_outputs(results, histories, out)
     return results
 
@@ -300,6 +321,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2e-4, help="learning rate of every trained recipe (LoRA)")
+    parser.add_argument("--resume", action="store_true", help="keep the recipes results.json already holds")
     args = parser.parse_args()
     run(args)
     print((Path(args.output_dir) / "results.md").read_text())
