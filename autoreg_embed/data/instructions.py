@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-INSTRUCTION_PRESETS: dict[str, dict[str, str]] = {
+from typing import Literal
+
+InstructionPreset = Literal["sts", "retrieval"]
+"""The names of :data:`INSTRUCTION_PRESETS` (a type, so that the command line lists them as choices)."""
+
+INSTRUCTION_PRESETS: dict[InstructionPreset, dict[str, str]] = {
     "sts": {
         "next": "This sentence means in one word: “",
         "self": "This sentence means in one word: “",

@@ -6,12 +6,16 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 SETTINGS_FILE = "autoreg_embed_config.json"
 """File name of the encoder settings inside a saved checkpoint."""
 
-POOLING_METHODS = ("compress_mean", "compress_last", "last", "mean", "eos")
+PoolingMethod = Literal["compress_mean", "compress_last", "last", "mean", "eos"]
 """``compress_*`` reduce the k compress-token states; ``last``/``mean``/``eos`` pool an untrained prompt."""
+
+POOLING_METHODS: tuple[str, ...] = get_args(PoolingMethod)
+"""The values of :data:`PoolingMethod`, in order."""
 
 TEXT_PLACEHOLDER = "{text}"
 
@@ -33,11 +37,21 @@ class EncoderSettings:
         default="{text}\n{instruction}",
         metadata={"help": "Layout of text and instruction; must contain {text} and may contain {instruction}."},
     )
-    add_bos: bool = field(default=True, metadata={"help": "Start every encoder input with the BOS token."})
-    pooling: str = field(default="compress_mean", metadata={"help": f"One of {', '.join(POOLING_METHODS)}."})
+    add_bos: bool = field(
+        default=True, metadata={"help": "Start every encoder input with the BOS token (false for tokenizers without)."}
+    )
+    pooling: PoolingMethod = field(
+        default="compress_mean",
+        metadata={
+            "help": "compress_mean / compress_last: the mean / last of the k compress states; last, mean, eos: "
+            "the last token, all tokens, an appended EOS token of an untrained prompt (k = 0)."
+        },
+    )
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)."})
-    max_text_length: int = field(default=512, metadata={"help": "Tokens of text kept (the head is kept)."})
-    max_instruction_length: int = field(default=512, metadata={"help": "Tokens of instruction kept."})
+    max_text_length: int = field(
+        default=512, metadata={"help": "Text tokens kept (the head; longer texts are truncated and counted)."}
+    )
+    max_instruction_length: int = field(default=512, metadata={"help": "Instruction tokens kept (the head)."})
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The original LLM (the frozen decoder of both training stages)."}
     )

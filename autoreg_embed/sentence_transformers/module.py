@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -52,7 +52,8 @@ class AutoRegEmbedModule(InputModule):
         model: a causal LM (or a PEFT model wrapping one) whose embedding matrix holds the compress tokens.
         tokenizer: its tokenizer, with the compress tokens and a pad token.
         settings: the encoder layout and pooling.
-        training_stages: names of the training stages the weights went through (for the model card).
+        training_stages: the training stages the weights went through, oldest first: trainer names or stage records
+            (:func:`~autoreg_embed.sentence_transformers.model_card.training_stage_record`; for the model card).
     """
 
     config_file_name = MODULE_CONFIG_FILE
@@ -64,7 +65,7 @@ class AutoRegEmbedModule(InputModule):
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         settings: EncoderSettings,
-        training_stages: Sequence[str] = (),
+        training_stages: Sequence[str | Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
         self.model = model

@@ -3,33 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import TrainingArguments
 
-from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
-from autoreg_embed.modeling.settings import POOLING_METHODS, EncoderSettings
+from autoreg_embed.data.instructions import INSTRUCTION_PRESETS, InstructionPreset
+from autoreg_embed.modeling.settings import EncoderSettings, PoolingMethod
+from autoreg_embed.options import check_choices
 
-INSTRUCTION_TEMPLATES = {
+InstructionPosition = Literal["after_text", "before_text"]
+"""Where the instruction goes relative to the text."""
+
+INSTRUCTION_TEMPLATES: dict[InstructionPosition, str] = {
     "after_text": "{text}\n{instruction}",
     "before_text": "{instruction}\n{text}",
 }
-"""Where the instruction goes relative to the text; the paper puts it after the text."""
+"""The template of each instruction position; the paper puts the instruction after the text."""
+
+ModelDtype = Literal["float32", "bfloat16", "float16", "auto"]
+"""dtypes a model can be loaded in (``auto``: the dtype stored in the checkpoint)."""
 
 
 @dataclass
 class EncoderTrainingConfig(TrainingArguments):
     """:class:`~transformers.TrainingArguments` plus the encoder layout shared by all autoreg-embed trainers."""
 
-    model_dtype: str | None = field(
+    model_dtype: ModelDtype | None = field(
         default=None,
-        metadata={
-            "help": "dtype to load the model in when a name is given (float32, bfloat16, auto). Default: float32."
-        },
+        metadata={"help": "dtype of the weights when the model is given by name; unset: float32."},
     )
     num_compress_tokens: int = field(default=5, metadata={"help": "k, the number of compress tokens (paper: 5)."})
-    instruction_position: str = field(
+    instruction_position: InstructionPosition = field(
         default="after_text",
-        metadata={"help": f"Where the instruction goes: {' or '.join(INSTRUCTION_TEMPLATES)} (paper: after_text)."},
+        metadata={"help": "Where the instruction goes relative to the text (paper: after_text)."},
     )
     template: str | None = field(
         default=None,
@@ -38,12 +44,21 @@ class EncoderTrainingConfig(TrainingArguments):
             "e.g. 'This sentence : \"{text}\" {instruction}' reproduces the PromptEOL prompt around the text."
         },
     )
-    add_bos: bool = field(default=True, metadata={"help": "Start every encoder input with the BOS token."})
-    pooling: str = field(
-        default="compress_mean", metadata={"help": f"Embedding pooling saved with the model: {POOLING_METHODS}."}
+    add_bos: bool = field(
+        default=True,
+        metadata={"help": "Start every encoder input with the BOS token (turn off for tokenizers without BOS)."},
     )
-    max_text_length: int = field(default=512, metadata={"help": "Max tokens of context/query/document text."})
-    max_instruction_length: int = field(default=512, metadata={"help": "Max tokens of instruction."})
+    pooling: PoolingMethod = field(
+        default="compress_mean",
+        metadata={
+            "help": "How hidden states become the embedding (saved with the model); compress_mean: the mean of "
+            "the k compress states (paper)."
+        },
+    )
+    max_text_length: int = field(
+        default=512, metadata={"help": "Tokens of context / query / document text kept (longer: head kept)."}
+    )
+    max_instruction_length: int = field(default=512, metadata={"help": "Tokens of instruction kept."})
     merge_adapter_on_save: bool = field(
         default=True,
         metadata={"help": "A final save_model of a PEFT model writes merged weights (False: keep the adapter)."},
@@ -57,10 +72,7 @@ class EncoderTrainingConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.instruction_position not in INSTRUCTION_TEMPLATES:
-            raise ValueError(
-                f"instruction_position must be one of {list(INSTRUCTION_TEMPLATES)}, got {self.instruction_position!r}."
-            )
+        check_choices(self)
         self.remove_unused_columns = False  # the collators read the raw text columns
         if self.label_names is None:
             self.label_names = []
@@ -84,16 +96,15 @@ class EncoderTrainingConfig(TrainingArguments):
 class InstructionTrainingConfig(EncoderTrainingConfig):
     """Adds the task instructions (a preset, single entries overridable) of trainers that embed text pairs."""
 
-    instructions: str = field(
-        default="sts", metadata={"help": f"Instruction preset: {sorted(INSTRUCTION_PRESETS)}; custom ones override."}
+    instructions: InstructionPreset = field(
+        default="sts",
+        metadata={"help": "Instruction preset (the paper's); instruction_next / _self / _prev override entries."},
     )
     instruction_next: str | None = field(default=None, metadata={"help": "Custom I_next (query -> relevant text)."})
     instruction_self: str | None = field(default=None, metadata={"help": "Custom I_self (text -> itself)."})
     instruction_prev: str | None = field(default=None, metadata={"help": "Custom I_prev (text -> its query)."})
 
     def __post_init__(self) -> None:
-        if self.instructions not in INSTRUCTION_PRESETS:
-            raise ValueError(f"instructions must be one of {list(INSTRUCTION_PRESETS)}, got {self.instructions!r}.")
         super().__post_init__()
         settings = self.encoder_settings()
         for key, text in self.instruction_texts().items():

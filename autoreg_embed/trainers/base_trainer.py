@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,9 +23,9 @@ from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers import (
     embedding_dimension,
     export_sentence_transformer,
-    latest_eval_metrics,
     prompts_from_instructions,
     recorded_training_stages,
+    training_stage_record,
     write_sentence_transformers_files,
 )
 from autoreg_embed.trainers.base_config import EncoderTrainingConfig, InstructionTrainingConfig
@@ -113,8 +114,11 @@ def validate_dataset(
     validate_rows(dataset, text_columns, name, optional_columns=present_optional, list_columns=list_columns)
 
 
-class AutoRegTrainer(Trainer):
-    """Base of the autoreg-embed trainers (not used directly).
+class AutoRegTrainer(Trainer, abc.ABC):
+    """Base of the autoreg-embed trainers; not for direct use (abstract: it has no loss and no collator).
+
+    Use :class:`~autoreg_embed.CompressionTrainer`, :class:`~autoreg_embed.CDATrainer` or
+    :class:`~autoreg_embed.ContrastiveTrainer`, or subclass this to write a new stage.
 
     The constructor loads the model and tokenizer when names are given, adds the compress tokens, applies
     ``peft_config``, checks every row of the datasets, and builds the default collator; subclasses say what differs
@@ -174,14 +178,15 @@ class AutoRegTrainer(Trainer):
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean; Trainer divides by GA steps
 
-    def validate(self, dataset: Dataset | None, name: str) -> None:
-        """Check the columns and every row of ``dataset`` before training starts."""
+    @classmethod
+    def validate(cls, dataset: Dataset | None, name: str) -> None:
+        """Check the columns and every row of ``dataset`` (before training starts, or before a model is loaded)."""
         if dataset is None:
             return
         present = set(dataset.column_names)
-        list_columns = [*self.list_columns, *(column for column in self.optional_list_columns if column in present)]
+        list_columns = [*cls.list_columns, *(column for column in cls.optional_list_columns if column in present)]
         validate_dataset(
-            dataset, name, self.text_columns, list_columns=list_columns, optional_columns=self.optional_columns
+            dataset, name, cls.text_columns, list_columns=list_columns, optional_columns=cls.optional_columns
         )
 
     def prepare_components(
@@ -189,9 +194,9 @@ class AutoRegTrainer(Trainer):
     ) -> None:
         """Create what the loss needs (frozen decoder, reference, input builders) before the Trainer wraps ``model``."""
 
+    @abc.abstractmethod
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig) -> Any:
         """The collator used when none is given."""
-        raise NotImplementedError
 
     def encode_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """Run the (unwrapped) encoder on a collated batch's ``input_ids`` / ``attention_mask``."""
@@ -246,13 +251,12 @@ class AutoRegTrainer(Trainer):
         return loss.detach(), None, None
 
     def _sentence_transformer_metadata(self) -> dict[str, Any]:
-        """Prompts (I_next / I_self when the trainer has instructions), stage history and eval results."""
+        """Prompts (I_next / I_self when the trainer has instructions) and the stage history for the model card."""
         model = self.accelerator.unwrap_model(self.model)
         instructions = self.instruction_texts
         return {
             "prompts": prompts_from_instructions(instructions) if instructions else None,
-            "training_stages": [*recorded_training_stages(model.name_or_path), type(self).__name__],
-            "eval_results": latest_eval_metrics(self.state.log_history),
+            "training_stages": [*recorded_training_stages(model.name_or_path), training_stage_record(self)],
         }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
