@@ -52,7 +52,8 @@ class _DropMessages(logging.Filter):
         return not record.getMessage().startswith(self.prefix)
 
 
-def _commands() -> dict[str, tuple[str, Callable[[Sequence[str]], None]]]:
+def commands() -> dict[str, tuple[str, Callable[[Sequence[str]], None]]]:
+    """The subcommands: name -> (one-line summary, function running it on the command's arguments)."""
     commands: dict[str, tuple[str, Callable[[Sequence[str]], None]]] = {
         name: (stage.summary, lambda argv, stage=stage: run_training_stage(stage, argv))
         for name, stage in TRAINING_STAGES.items()
@@ -71,7 +72,7 @@ def _top_level_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and all library warnings")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name, (summary, _) in _commands().items():
+    for name, (summary, _) in commands().items():
         subparsers.add_parser(name, help=summary, add_help=False)
     return parser
 
@@ -107,15 +108,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.print_help()
         return
     command, *options = argv
-    commands = _commands()
-    if command not in commands:
-        parser.error(f"unknown command {command!r}; choose from {', '.join(commands)}")
+    available = commands()
+    if command not in available:
+        parser.error(f"unknown command {command!r}; choose from {', '.join(available)}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("autoreg_embed").setLevel(logging.INFO)
     if not debug:
         quiet_libraries()
     try:
-        commands[command][1](options)
+        available[command][1](options)
     except KeyboardInterrupt:
         print(f"{PROG} {command}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

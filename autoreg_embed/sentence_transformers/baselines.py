@@ -40,7 +40,8 @@ def baseline(
         add_bos: start inputs with BOS; ``None``: when the tokenizer has a BOS token.
         normalize: L2-normalise the embeddings.
         max_text_length: text tokens kept per input (the head).
-        prompts / default_prompt_name: prompts for a template with ``{instruction}`` (default: none).
+        prompts: prompts for a template with ``{instruction}`` (default: none).
+        default_prompt_name: the prompt plain ``encode`` uses.
         model_kwargs: passed to ``from_pretrained`` (e.g. ``{"dtype": torch.bfloat16}``).
         **kwargs: passed to ``SentenceTransformer`` (e.g. ``device``).
 

@@ -263,7 +263,8 @@ def render_model_card(
 
     Args:
         settings: the encoder layout (base model, k, template, pooling, lengths).
-        prompts / default_prompt_name: the saved prompts (instructions).
+        prompts: the saved prompts (instructions), by name.
+        default_prompt_name: the prompt plain ``encode`` uses.
         embedding_dimension: size of the sentence embedding.
         training_stages: the stages the weights went through, in order: records from
             :func:`training_stage_record`, or trainer names.
