@@ -18,7 +18,24 @@ def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
     return None
 
 
-def check_choices(options: Any, package: str = "autoreg_embed") -> None:
+PACKAGE = "autoreg_embed"
+
+
+def declared_options(cls: type, package: str = PACKAGE) -> dict[str, type]:
+    """Option name -> the class of ``package`` that declares it, for every option ``cls``'s MRO declares there.
+
+    Most specific class first; options inherited from other libraries (``TrainingArguments``) are left out. An
+    option a package class re-declares (e.g. a stage's own ``learning_rate`` default) counts as the package's.
+    """
+    owners: dict[str, type] = {}
+    for owner in cls.__mro__:
+        if owner.__module__.startswith(package):
+            for name in vars(owner).get("__annotations__", {}):
+                owners.setdefault(name, owner)
+    return owners
+
+
+def check_choices(options: Any, package: str = PACKAGE) -> None:
     """Raise ``ValueError`` naming the option if a ``Literal``-typed field holds a value outside its choices.
 
     Only fields declared by classes of ``package`` are checked (a ``TrainingArguments`` subclass leaves the
@@ -26,13 +43,7 @@ def check_choices(options: Any, package: str = "autoreg_embed") -> None:
     in Python with a misspelt choice would otherwise pass silently.
     """
     hints = get_type_hints(type(options))
-    declared = {
-        name
-        for cls in type(options).__mro__
-        if cls.__module__.startswith(package)
-        for name in vars(cls).get("__annotations__", {})
-    }
-    for name in sorted(declared):
+    for name in declared_options(type(options), package):
         choices = literal_choices(hints.get(name))
         value = getattr(options, name, None)
         if choices is not None and value not in choices:

@@ -168,7 +168,7 @@ TINY_RUNS: dict[type, dict[str, Any]] = {
 }
 """Per config class, the options of the tests' tiny runs on top of :data:`QUIET_CPU_RUN`."""
 
-TRAINER_ARGUMENTS = ("ref_model", "decoder", "peft_config", "callbacks", "data_collator")
+TRAINER_ARGUMENTS = ("ref_model", "decoder", "peft_config", "callbacks", "data_collator", "processing_class")
 """Keyword arguments :func:`make_trainer` passes to the trainer rather than to its config."""
 
 
@@ -192,15 +192,15 @@ def make_trainer(
     """A trainer of ``trainer_class`` on a tiny Llama (seeded ``model_seed``) or ``model``, :func:`make_config` options.
 
     It works on a copy of ``tokenizer`` (the trainer adds its compress tokens; later models must not see them;
-    use ``trainer.processing_class``). Keywords in :data:`TRAINER_ARGUMENTS` go to the trainer, the others to the
-    config.
+    use ``trainer.processing_class``), unless ``processing_class`` is given (``None``: loaded with the model).
+    Keywords in :data:`TRAINER_ARGUMENTS` go to the trainer, the others to the config.
     """
     trainer_kwargs = {name: overrides.pop(name) for name in TRAINER_ARGUMENTS if name in overrides}
+    trainer_kwargs.setdefault("processing_class", copy.deepcopy(tokenizer))
     return trainer_class(
         model=make_tiny_model("llama", tokenizer, model_seed) if model is None else model,
         args=make_config(trainer_class.config_class, tmp_path, **overrides),
         train_dataset=None if rows is None else Dataset.from_list(rows),
         eval_dataset=None if eval_rows is None else Dataset.from_list(eval_rows),
-        processing_class=copy.deepcopy(tokenizer),
         **trainer_kwargs,
     )

@@ -14,6 +14,7 @@ from helpers import QUIET_CPU_RUN, compression_rows, make_tiny_model, triplet_ro
 
 from autoreg_embed import CDAConfig, CompressionConfig, ContrastiveConfig, EncoderSettings, load_encoder
 from autoreg_embed.cli.arguments import DataArguments, EvaluateArguments, ModelArguments
+from autoreg_embed.options import declared_options
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 sys.path.insert(0, str(DOCS / "hooks"))
@@ -106,12 +107,7 @@ def test_lora_through_both_stages_recipe_saves_merged_weights(tmp_path, tokenize
 def test_every_option_has_help_and_appears_in_the_generated_table(config_class):
     path = f"{config_class.__module__}.{config_class.__qualname__}"
     table = generated_tables.options_table(path)
-    own = {
-        name
-        for cls in config_class.__mro__
-        if cls.__module__.startswith("autoreg_embed")
-        for name in vars(cls).get("__annotations__", {})
-    }
+    own = declared_options(config_class)
     fields = {field.name: field for field in dataclasses.fields(config_class)}
     for name in own:
         assert fields[name].metadata.get("help"), f"{config_class.__name__}.{name} has no help text"

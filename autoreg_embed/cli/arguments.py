@@ -19,8 +19,7 @@ from trl import TrlParser
 from autoreg_embed.cli.checks import require_readable_file
 from autoreg_embed.cli.errors import OneLineErrorParser, UserError
 from autoreg_embed.default_model import DEFAULT_MODEL
-
-PACKAGE = "autoreg_embed"
+from autoreg_embed.options import declared_options
 
 
 @dataclass
@@ -115,11 +114,6 @@ class EvaluateArguments:
     )
 
 
-def _declaring_class(dtype: type, name: str) -> type | None:
-    """The first class in ``dtype``'s MRO whose own annotations declare ``name``."""
-    return next((cls for cls in dtype.__mro__ if name in vars(cls).get("__annotations__", {})), None)
-
-
 def _summary(cls: type) -> str:
     """The first line of a class docstring as plain text (Sphinx roles and double backticks removed)."""
     first = (cls.__doc__ or "").strip().split("\n", 1)[0]
@@ -186,17 +180,17 @@ class StageParser(TrlParser, OneLineErrorParser):
 
     def _add_dataclass_arguments(self, dtype: type) -> None:
         hints = get_type_hints(dtype)
-        groups: dict[type, argparse._ArgumentGroup] = {}
-        for cls in dtype.__mro__:  # most specific class first
-            if cls.__module__.startswith(PACKAGE) and vars(cls).get("__annotations__"):
-                groups[cls] = self.add_argument_group(f"{cls.__name__} options", _summary(cls))
+        owners = declared_options(dtype)
+        groups = {  # most specific class first
+            cls: self.add_argument_group(f"{cls.__name__} options", _summary(cls))
+            for cls in dict.fromkeys(owners.values())
+        }
         for dataclass_field in dataclasses.fields(dtype):
             if not dataclass_field.init:
                 continue
             dataclass_field.type = hints[dataclass_field.name]
-            owner = _declaring_class(dtype, dataclass_field.name)
-            if owner in groups:
-                self._parse_dataclass_field(groups[owner], dataclass_field)
+            if dataclass_field.name in owners:
+                self._parse_dataclass_field(groups[owners[dataclass_field.name]], dataclass_field)
             else:
                 self._inherited.append(dataclass_field)
 

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from autoreg_embed.modeling.settings import EncoderSettings
+from autoreg_embed.options import declared_options
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _TIMING_METRICS = ("_runtime", "_samples_per_second", "_steps_per_second")
@@ -130,12 +131,7 @@ def _options(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
     trainer_fields = {field.name: field for field in fields(TrainingArguments)}
     own_fields = {field.name: field for field in fields(args)}
-    declared = {
-        name
-        for cls in type(args).__mro__
-        if cls.__module__.startswith("autoreg_embed")
-        for name in vars(cls).get("__annotations__", {})
-    }
+    declared = set(declared_options(type(args)))
     values = {name: _plain(value) for name, value in args.to_dict().items()}
     method = {name: values[name] for name in sorted(declared - set(trainer_fields)) if name in values}
     hyperparameters = {}

@@ -18,10 +18,9 @@ import pkgutil
 import re
 from typing import Any, get_type_hints
 
-from autoreg_embed.options import literal_choices
+from autoreg_embed.options import declared_options, literal_choices
 
 MARKER = re.compile(r"<!-- (options|api|cli-commands):?\s*([\w.]*)\s*(declared)?\s*-->")
-PACKAGE = "autoreg_embed"
 
 
 def _import(path: str) -> Any:
@@ -56,10 +55,11 @@ def options_table(path: str, declared_only: bool = False) -> str:
     cls = _import(path)
     hints = get_type_hints(cls)
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
-    owners = [cls] if declared_only else [base for base in cls.__mro__ if base.__module__.startswith(PACKAGE)]
+    declared = declared_options(cls)
+    owners = [cls] if declared_only else list(dict.fromkeys(declared.values()))
     parts = []
     for owner in owners:
-        names = [name for name in vars(owner).get("__annotations__", {}) if name in fields]
+        names = [name for name in fields if declared.get(name) is owner]
         if not names:
             continue
         if len(owners) > 1:
