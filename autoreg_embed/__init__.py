@@ -18,7 +18,7 @@ _PUBLIC_NAMES: dict[str, tuple[str, ...]] = {
     "autoreg_embed.modeling": (
         "EncoderInputBuilder",
         "EncoderSettings",
-        "FrozenDecoder",
+        "FrozenRole",
         "add_compress_tokens",
         "conditional_log_probs",
         "encode",
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # the names as type checkers and documentation tools see them
         EncoderSettings as EncoderSettings,
     )
     from autoreg_embed.modeling import (
-        FrozenDecoder as FrozenDecoder,
+        FrozenRole as FrozenRole,
     )
     from autoreg_embed.modeling import (
         add_compress_tokens as add_compress_tokens,

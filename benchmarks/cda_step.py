@@ -77,8 +77,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 from autoreg_embed import CDAConfig, CDATrainer, default_model_path
 from autoreg_embed.losses.cda import cda_loss
 from autoreg_embed.modeling.checkpoint import load_causal_lm
+from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.decoder import conditional_log_probs
-from autoreg_embed.modeling.encoder import add_compress_tokens, encode
+from autoreg_embed.modeling.encoder import encode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nli" / "medi_nli.jsonl"

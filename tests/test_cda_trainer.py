@@ -29,6 +29,7 @@ from autoreg_embed import (
     CompressionTrainer,
     EncoderInputBuilder,
     EncoderSettings,
+    FrozenRole,
     add_compress_tokens,
     conditional_log_probs,
     encode,
@@ -161,7 +162,7 @@ def test_loss_matches_the_equation(tmp_path, tokenizer, num_negatives, length_no
     trainer = make_trainer(
         CDATrainer, tmp_path, tokenizer, length_normalize=length_normalize, reference_sign=reference_sign, beta=beta
     )
-    decoder, reference = trainer.frozen_decoder.decoder, trainer.reference.model
+    decoder, reference = trainer.frozen_decoder.model, trainer.reference.model
     policy = trainer.model
     for model in (decoder, reference, policy):  # float64 end to end, so that 1e-6 checks the equation, not rounding
         model.double()
@@ -227,10 +228,10 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
     ref_names = ["ref_pos_next", "ref_neg_next"]
 
     copy_trainer = make_trainer(CDATrainer, tmp_path, tokenizer)  # (d) no PEFT, no ref_model: a frozen copy
-    assert copy_trainer.reference.kind == "model"
+    assert not copy_trainer.reference.shares_policy_weights
     assert copy_trainer.reference.model is not copy_trainer.model
     batch = copy_trainer.data_collator(rows)
-    from_copy = copy_trainer.reference_log_probs(batch)
+    from_copy = copy_trainer.reference_log_probs(copy_trainer.model, batch)
     assert from_copy["ref_pos_next"].shape == (4,) and from_copy["ref_neg_next"].shape == (4, 2)
 
     model, tok = prepared_tiny_model(tokenizer)  # (a) an explicit ref_model
@@ -238,11 +239,11 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
     explicit = CDATrainer(model=model, ref_model=ref_model, args=make_config(CDAConfig, tmp_path), processing_class=tok)
     assert explicit.reference.model is ref_model
     assert not any(p.requires_grad for p in ref_model.parameters())
-    assert_close(explicit.reference_log_probs(batch), from_copy)
+    assert_close(explicit.reference_log_probs(explicit.model, batch), from_copy)
 
     adapter = make_trainer(CDATrainer, tmp_path, tokenizer, peft_config=lora())  # (b) PEFT policy, adapter switched off
-    assert adapter.reference.kind == "adapter" and adapter.reference.model is None
-    from_adapter = adapter.reference_log_probs(batch)
+    assert adapter.reference.shares_policy_weights and adapter.reference.model is None
+    from_adapter = adapter.reference_log_probs(adapter.model, batch)
     assert_close(from_adapter, from_copy)
     policy = adapter.role_log_probs(adapter.model, ["policy_pos_next", "policy_neg_next"], batch).values
     # the random (init_lora_weights=False) adapter changes the policy, but not the reference
@@ -253,7 +254,7 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
         for parameter in adapter.model.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
-    assert_close(adapter.reference_log_probs(batch), from_copy)
+    assert_close(adapter.reference_log_probs(adapter.model, batch), from_copy)
 
     precomputed = make_trainer(
         CDATrainer,  # (c) precomputed before training, in batches of 3 (other padding)
@@ -269,7 +270,7 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
     columns = {name: torch.tensor(precomputed.train_dataset[name]) for name in ref_names}
     assert_close(columns, from_copy)
     precomputed_batch = precomputed.data_collator([precomputed.train_dataset[i] for i in range(4)])
-    assert_close(precomputed.reference_log_probs(precomputed_batch), from_copy)
+    assert_close(precomputed.reference_log_probs(precomputed.model, precomputed_batch), from_copy)
 
 
 # ---- 4. the reference cache -------------------------------------------------------------------------------
@@ -320,7 +321,7 @@ def test_full_fine_tuning_gradients_reach_the_encoder_only(tmp_path, tokenizer):
     trainer = make_trainer(CDATrainer, tmp_path, tokenizer)
     batch = trainer.data_collator(triplet_rows(2, num_negatives=2))
     trainer.compute_loss(trainer.model, batch).backward()
-    decoder, reference = trainer.frozen_decoder.decoder, trainer.reference.model
+    decoder, reference = trainer.frozen_decoder.model, trainer.reference.model
     assert decoder is not None and decoder is not trainer.model and reference is not trainer.model
     for frozen in (decoder, reference):
         assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
@@ -353,8 +354,8 @@ def test_two_adapters_train_align_only_and_reference_is_base_plus_stage1(tmp_pat
     trainer, stage1_only = two_adapter_trainer(tmp_path, tokenizer)
     model = trainer.model
     assert set(model.peft_config) == {"default", "align"}
-    assert trainer.frozen_decoder.shares_encoder_weights is True
-    assert trainer.reference.kind == "adapter" and trainer.reference.frozen_adapters == ["default"]
+    assert trainer.frozen_decoder.shares_policy_weights is True
+    assert trainer.reference.shares_policy_weights and trainer.reference.adapters == ["default"]
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".align." in name for name in trainable)
 
@@ -368,12 +369,13 @@ def test_two_adapters_train_align_only_and_reference_is_base_plus_stage1(tmp_pat
     )
 
     ref_names = trainer.ref_names
-    reference = trainer.reference_log_probs(batch)
+    reference = trainer.reference_log_probs(trainer.model, batch)
     assert sorted(model.base_model.active_adapters) == ["align", "default"]  # restored after the reference pass
-    expected = trainer.role_log_probs(stage1_only, ref_names, batch).values
+    stage1_role = FrozenRole(model, stage1_only)
+    expected = trainer.role_log_probs(model, ref_names, batch, encoder_role=stage1_role).values
     assert_close(reference, expected)
     with stage1_only.disable_adapter():
-        base_only = trainer.role_log_probs(stage1_only, ref_names, batch).values
+        base_only = trainer.role_log_probs(model, ref_names, batch, encoder_role=stage1_role).values
     assert max_difference(reference, base_only) > 1e-3  # the stage-1 adapter is part of the reference
     policy = trainer.role_log_probs(model, ["policy_pos_next", "policy_neg_next"], batch).values
     assert max_difference({"x": policy["policy_pos_next"]}, {"x": reference["ref_pos_next"]}) > 1e-3
@@ -478,7 +480,7 @@ def test_evaluate_a_new_dataset_with_precomputed_reference_from_an_adapter(tmp_p
         ref_log_probs_cache_dir=str(tmp_path / "cache"),
         peft_config=lora(),
     )
-    assert trainer.reference.kind == "adapter"
+    assert trainer.reference.shares_policy_weights
     metrics = trainer.evaluate(Dataset.from_list(triplet_rows(3)[1:]))
     assert math.isfinite(metrics["eval_loss"])
 
@@ -568,7 +570,7 @@ def test_decoder_is_the_original_llm_not_the_stage1_checkpoint(tmp_path, stage1_
     assert trainer.encoder_settings.base_model_name_or_path == str(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir).state_dict()
     stage1 = AutoModelForCausalLM.from_pretrained(stage1_dir).state_dict()
-    decoder = trainer.frozen_decoder.decoder
+    decoder = trainer.frozen_decoder.model
     assert decoder is not None and not any(p.requires_grad for p in decoder.parameters())
     decoder_state = decoder.state_dict()
     assert decoder_state.keys() == base.keys()
@@ -676,7 +678,7 @@ def test_stage1_then_stage2_on_the_real_model(tmp_path, default_model_dir):
         args=CDAConfig(output_dir=str(tmp_path / "stage2-out"), learning_rate=1e-5, **common),
         train_dataset=nli,
     )
-    decoder = stage2.frozen_decoder.decoder
+    decoder = stage2.frozen_decoder.model
     original = AutoModelForCausalLM.from_pretrained(default_model_dir)
     trained = AutoModelForCausalLM.from_pretrained(checkpoint)
     name = "model.layers.0.self_attn.q_proj.weight"

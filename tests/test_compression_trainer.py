@@ -77,7 +77,7 @@ def test_loss_equals_mean_target_nll_computed_independently(tmp_path, tokenizer,
 
     # Independent reference: one unpadded row at a time, the model's own full forward, float64 log-softmax.
     ids_k = compress_ids(trainer.processing_class, k)
-    decoder = trainer.frozen_decoder.decoder
+    decoder = trainer.frozen_decoder.model
     total, count = 0.0, 0
     with torch.no_grad():
         for b in range(len(rows)):
@@ -121,7 +121,7 @@ def test_readout_gain_is_own_minus_previous_rows_states_computed_independently(t
     assert len(logged) == 1
 
     # Independent reference: unpadded rows, float64 log-softmax; target i scored with row i's and row i-1's states.
-    decoder = trainer.frozen_decoder.decoder
+    decoder = trainer.frozen_decoder.model
     with torch.no_grad():
         states, targets = [], []
         for b in range(len(rows)):
@@ -157,9 +157,9 @@ def test_readout_gain_is_logged_in_evaluation_only(tmp_path, tokenizer):
 
 def test_full_finetuning_gradients_reach_encoder_only(tmp_path, tokenizer):
     trainer = make_trainer(CompressionTrainer, tmp_path, tokenizer, rows=ROWS)
-    decoder = trainer.frozen_decoder.decoder
+    decoder = trainer.frozen_decoder.model
     assert decoder is not None and decoder is not trainer.model
-    assert not trainer.frozen_decoder.shares_encoder_weights
+    assert not trainer.frozen_decoder.shares_policy_weights
     assert not decoder.training
     encoder_ptrs = {p.data_ptr() for p in trainer.model.parameters()}
     assert not encoder_ptrs & {p.data_ptr() for p in decoder.parameters()}  # a real copy, not shared storage
@@ -186,8 +186,8 @@ def test_lora_gradients_reach_only_adapters_and_compress_rows(tmp_path, tokenize
     trainer = make_trainer(
         CompressionTrainer, tmp_path, tokenizer, peft_config=LoraConfig(r=4, target_modules=LORA_MODULES), rows=ROWS
     )
-    assert trainer.frozen_decoder.shares_encoder_weights
-    assert trainer.frozen_decoder.decoder is None  # no second copy of the model
+    assert trainer.frozen_decoder.shares_policy_weights
+    assert trainer.frozen_decoder.model is None  # no second copy of the model
     with trainer.frozen_decoder() as decoder:
         assert decoder is trainer.model
 
@@ -227,15 +227,15 @@ def test_lora_gradients_reach_only_adapters_and_compress_rows(tmp_path, tokenize
 
 def test_decoder_stays_the_original_model_during_full_finetuning(tmp_path, tokenizer):
     trainer = make_trainer(CompressionTrainer, tmp_path, tokenizer, max_steps=2, learning_rate=1e-2, rows=ROWS)
-    decoder_before = {n: p.detach().clone() for n, p in trainer.frozen_decoder.decoder.named_parameters()}
+    decoder_before = {n: p.detach().clone() for n, p in trainer.frozen_decoder.model.named_parameters()}
     encoder_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     original = make_tiny_model("llama", tokenizer)  # the same seed: the weights the decoder must keep
     trainer.train()
-    for name, param in trainer.frozen_decoder.decoder.named_parameters():
+    for name, param in trainer.frozen_decoder.model.named_parameters():
         torch.testing.assert_close(param, decoder_before[name], rtol=0, atol=0)
     q_name = "model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(
-        trainer.frozen_decoder.decoder.get_parameter(q_name), original.get_parameter(q_name), rtol=0, atol=0
+        trainer.frozen_decoder.model.get_parameter(q_name), original.get_parameter(q_name), rtol=0, atol=0
     )
     assert (trainer.model.get_parameter(q_name) - encoder_before[q_name]).abs().max() > 1e-4
 
@@ -566,7 +566,7 @@ def test_decoder_is_original_llm_when_continuing_from_a_checkpoint(tmp_path, tok
     )
     name = "model.layers.0.self_attn.q_proj.weight"
     original = make_tiny_model("llama", tokenizer).get_parameter(name)
-    torch.testing.assert_close(second.frozen_decoder.decoder.get_parameter(name), original, rtol=0, atol=0)
+    torch.testing.assert_close(second.frozen_decoder.model.get_parameter(name), original, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -664,11 +664,36 @@ def test_empty_dataset_is_rejected(tmp_path, tokenizer):
         _construct(tmp_path, tokenizer, empty)
 
 
-def test_tokenizer_without_pad_token_says_how_to_fix(tmp_path, tokenizer):
+@pytest.mark.parametrize(
+    ("choice", "unk", "expected"),
+    [("auto", "<|endoftext|>", "<|endoftext|>"), ("auto", None, "eos"), ("eos", "<|endoftext|>", "eos")],
+)
+def test_tokenizer_without_pad_token_gets_one(tmp_path, tokenizer, caplog, choice, unk, expected):
+    """LLaMA-2 / Mistral tokenizers have no pad token: 'auto' takes UNK (else EOS); the choice is logged."""
     tokenizer.pad_token = None
+    tokenizer.unk_token = unk
     assert tokenizer.pad_token_id is None
-    with pytest.raises(ValueError, match=r"no pad token.*tokenizer\.pad_token = tokenizer\.eos_token"):
-        _construct(tmp_path, tokenizer, ROWS)
+    with caplog.at_level("INFO"):
+        trainer = _construct(tmp_path, tokenizer, ROWS, pad_token=choice)
+    expected = tokenizer.eos_token if expected == "eos" else expected
+    assert trainer.processing_class.pad_token == expected
+    assert f"using its {'eos' if expected == tokenizer.eos_token else 'unk'} token" in caplog.text
+    batch = trainer.data_collator(ROWS[:2])
+    pad_id = trainer.processing_class.pad_token_id
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == pad_id).all()
+    assert (batch["target_ids"][batch["target_mask"] == 0] == pad_id).all()
+    lengths = batch["target_mask"].sum(dim=1)
+    last = batch["target_ids"][torch.arange(2), lengths - 1]
+    assert (last == tokenizer.eos_token_id).all()  # every target keeps its EOS, even when pad = EOS
+
+
+def test_pad_token_choice_must_exist(tmp_path, tokenizer):
+    tokenizer.pad_token = None
+    tokenizer.unk_token = None
+    with pytest.raises(ValueError, match="pad_token='unk': the tokenizer has no UNK token"):
+        _construct(tmp_path, tokenizer, ROWS, pad_token="unk")
+    with pytest.raises(ValueError, match="pad_token must be one of"):
+        make_config(CompressionConfig, tmp_path, pad_token="bos")
 
 
 def test_tokenizer_without_bos_with_add_bos(tmp_path, tokenizer):

@@ -314,7 +314,15 @@ def test_compression_trainer_save_loads_as_sentence_transformer(tokenizer, tmp_p
     assert "1. CompressionTrainer" in (tmp_path / "stage1" / "README.md").read_text(encoding="utf-8")
 
     args.output_dir = str(tmp_path / "run2")
-    again = CompressionTrainer(model=str(tmp_path / "stage1"), args=args, train_dataset=Dataset.from_list(rows))
+    # The original was an in-memory model without a name: continuing from the trained checkpoint needs it given.
+    with pytest.raises(ValueError, match=r"no longer the original LLM's.*decoder="):
+        CompressionTrainer(model=str(tmp_path / "stage1"), args=args, train_dataset=Dataset.from_list(rows))
+    again = CompressionTrainer(
+        model=str(tmp_path / "stage1"),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        decoder=make_tiny_model("llama", tokenizer),
+    )
     again.save_model(str(tmp_path / "stage1b"))
     card = (tmp_path / "stage1b" / "README.md").read_text(encoding="utf-8")
     assert "1. CompressionTrainer\n2. CompressionTrainer" in card

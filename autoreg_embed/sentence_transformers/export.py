@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from autoreg_embed.default_model import resolve_model_name_or_path
 from autoreg_embed.modeling.checkpoint import ADAPTER_CONFIG_FILE
-from autoreg_embed.modeling.decoder import is_peft_model
+from autoreg_embed.modeling.frozen import is_peft_model
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers.model_card import render_model_card, stage_record
 from autoreg_embed.sentence_transformers.module import MODULE_CONFIG_FILE, AutoRegEmbedModule, embedding_dimension

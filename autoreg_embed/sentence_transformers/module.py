@@ -12,8 +12,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from autoreg_embed.modeling.checkpoint import load_encoder
-from autoreg_embed.modeling.decoder import is_peft_model
 from autoreg_embed.modeling.encoder import backbone_of, encode
+from autoreg_embed.modeling.frozen import is_peft_model
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
 from autoreg_embed.modeling.settings import EncoderSettings
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import TrainingArguments
 
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS, InstructionPreset
+from autoreg_embed.modeling.checkpoint import PadTokenChoice
 from autoreg_embed.modeling.settings import EncoderSettings, PoolingMethod
 from autoreg_embed.options import check_choices
 
@@ -31,6 +33,21 @@ class EncoderTrainingConfig(TrainingArguments):
     model_dtype: ModelDtype | None = field(
         default=None,
         metadata={"help": "dtype of the weights when the model is given by name; unset: float32."},
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for from_pretrained when a model name or path is given, as in trl (a dict, or "
+            'a JSON string on the command line), e.g. \'{"attn_implementation": "flash_attention_2"}\' (falls back '
+            "to sdpa when flash-attn is absent). The dtype is model_dtype."
+        },
+    )
+    pad_token: PadTokenChoice = field(
+        default="auto",
+        metadata={
+            "help": "Pad token for a tokenizer without one (LLaMA-2, Mistral): 'auto' (UNK if it exists, else EOS), "
+            "'unk' or 'eos'. Padding is masked out, so it never changes a loss; targets keep their EOS."
+        },
     )
     num_compress_tokens: int = field(default=5, metadata={"help": "k, the number of compress tokens (paper: 5)."})
     instruction_position: InstructionPosition = field(
@@ -73,6 +90,10 @@ class EncoderTrainingConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if isinstance(self.model_init_kwargs, str):
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        if "dtype" in (self.model_init_kwargs or {}) or "torch_dtype" in (self.model_init_kwargs or {}):
+            raise ValueError("Set the model's dtype with model_dtype, not inside model_init_kwargs.")
         self.remove_unused_columns = False  # the collators read the raw text columns
         if self.label_names is None:
             self.label_names = []

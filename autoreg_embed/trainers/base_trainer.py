@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from autoreg_embed.data.schema import require_columns, validate_rows
 from autoreg_embed.default_model import DEFAULT_MODEL
-from autoreg_embed.modeling.checkpoint import load_causal_lm, load_tokenizer
-from autoreg_embed.modeling.decoder import is_peft_model
-from autoreg_embed.modeling.encoder import EncoderOutput, add_compress_tokens, encode
+from autoreg_embed.modeling.checkpoint import ensure_pad_token, load_causal_lm, load_encoder, load_tokenizer
+from autoreg_embed.modeling.compress_tokens import add_compress_tokens
+from autoreg_embed.modeling.encoder import EncoderOutput, encode
+from autoreg_embed.modeling.frozen import is_peft_model, preserved_trainability
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers import (
     embedding_dimension,
@@ -51,16 +57,16 @@ def prepare_encoder(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase, EncoderSettings]:
     """Load (if a name was given) the model and tokenizer, add the compress tokens, and apply ``peft_config``.
 
-    A model that already carries autoreg-embed settings (a saved stage-1 checkpoint) keeps them; a different
-    ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch.
+    One loading path for every folder the package writes: an autoreg-embed checkpoint (a final save or a
+    ``checkpoint-N``, full weights or a PEFT adapter) loads with :func:`~autoreg_embed.load_encoder` and keeps
+    its settings (a different ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch); an
+    adapter checkpoint stays trainable unless ``peft_config`` adds a new adapter on top. Anything else loads as a
+    causal LM with ``args.model_init_kwargs``. A tokenizer without a pad token gets one (``args.pad_token``).
     """
     name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None) or None
     base_name = DEFAULT_MODEL if model is None else name
-    if model is None or isinstance(model, str):
-        model = load_causal_lm(model, args.model_dtype)
-    if processing_class is None:
-        processing_class = load_tokenizer(name)
     settings = args.encoder_settings(base_model_name_or_path=base_name)
+    model_kwargs = args.model_init_kwargs or {}
     if name is not None and EncoderSettings.exists_in(name):
         saved = EncoderSettings.load(name)
         if saved.num_compress_tokens != settings.num_compress_tokens:
@@ -70,10 +76,31 @@ def prepare_encoder(
                 f"{saved.num_compress_tokens}."
             )
         settings = saved
+        if isinstance(model, str):
+            loaded = load_encoder(name, args.model_dtype, is_trainable=peft_config is None, **model_kwargs)
+            model, processing_class = loaded.model, processing_class or loaded.tokenizer
+    if model is None or isinstance(model, str):
+        model = load_causal_lm(model, args.model_dtype, **model_kwargs)
+    if processing_class is None:
+        processing_class = load_tokenizer(name)
+    ensure_pad_token(processing_class, args.pad_token)
     compress_ids = add_compress_tokens(model, processing_class, settings, init_from=args.compress_token_init)
+    freeze_untied_lm_head(model)
     if peft_config is not None:
         model = _apply_peft(model, peft_config, compress_ids)
     return model, processing_class, settings
+
+
+def freeze_untied_lm_head(model: nn.Module) -> None:
+    """Freeze the encoder's LM head when it is not tied to the input embeddings.
+
+    No loss reads it (the embedding is a last hidden state; the decoder is the original LLM), so training it would
+    only cost optimizer memory, and under DDP a trainable parameter without gradients stalls the gradient
+    synchronisation. A tied head is the input embedding matrix and stays as it is.
+    """
+    head, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight.data_ptr() != inputs.weight.data_ptr():
+        head.requires_grad_(False)
 
 
 STAGE2_ADAPTER = "align"
@@ -122,10 +149,17 @@ class AutoRegTrainer(Trainer, abc.ABC):
 
     The constructor loads the model and tokenizer when names are given, adds the compress tokens, applies
     ``peft_config``, checks every row of the datasets, and builds the default collator; subclasses say what differs
-    through :attr:`text_columns` / :attr:`list_columns` / :attr:`optional_columns`, :meth:`default_collator` and
-    :meth:`prepare_components`. They implement ``compute_loss`` and call :meth:`record_metrics` with per-step
-    values; this class averages and logs them like trl (``eval_`` prefixed during evaluation), stops on a
-    non-finite loss, and saves the encoder settings next to the weights the Trainer hands to ``_save``.
+    through :attr:`text_columns` / :attr:`list_columns` / :attr:`optional_columns`, :meth:`default_collator`,
+    :meth:`prepare_components` (before ``Trainer.__init__``) and :meth:`create_frozen_roles` (after it, so that
+    separate frozen models are prepared by the training engine with :meth:`prepare_frozen_model`).
+
+    Subclasses implement ``compute_loss`` on the model the Trainer hands them (wrapped by DDP / DeepSpeed / FSDP
+    when several processes train: run it, never the unwrapped module, so gradients are synchronised) and
+    :meth:`loss_items`; they return :meth:`average_over_items` of their summed loss, so that gradient
+    accumulation and several processes weigh every item (token, query) alike. They call :meth:`record_metrics`
+    with per-step values; this class averages them over steps and processes and logs them like trl (``eval_``
+    prefixed during evaluation), stops on a non-finite loss, saves checkpoints atomically, and saves the encoder
+    settings next to the weights the Trainer hands to ``_save``.
     """
 
     text_columns: tuple[str, ...] = ()
@@ -176,7 +210,8 @@ class AutoRegTrainer(Trainer, abc.ABC):
             optimizers=optimizers,
             **kwargs,
         )
-        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean; Trainer divides by GA steps
+        self.loss_is_scaled_for_ga = True  # training losses are divided by the step's items (num_items_in_batch)
+        self.create_frozen_roles(model, args)
 
     @classmethod
     def validate(cls, dataset: Dataset | None, name: str) -> None:
@@ -192,17 +227,69 @@ class AutoRegTrainer(Trainer, abc.ABC):
     def prepare_components(
         self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig
     ) -> None:
-        """Create what the loss needs (frozen decoder, reference, input builders) before the Trainer wraps ``model``."""
+        """Create what the collator needs (input builders, names) before ``Trainer.__init__``."""
+
+    def create_frozen_roles(self, model: nn.Module, args: EncoderTrainingConfig) -> None:
+        """Create the frozen roles (decoder, reference, teacher) after ``Trainer.__init__``, before training.
+
+        Separate frozen models go through :meth:`prepare_frozen_model` (``FrozenRole.prepare``).
+        """
+
+    def prepare_frozen_model(self, model: nn.Module) -> nn.Module:
+        """Prepare a separate frozen model for the training engine, in evaluation mode, as trl does for its reference.
+
+        DeepSpeed: an inference engine (ZeRO-3 shards it like the policy; other stages keep one copy per process);
+        FSDP: sharded like the policy; otherwise moved to the device (no DDP wrapper: it has no gradients).
+        """
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(model, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models.utils import prepare_fsdp
+
+            return prepare_fsdp(model, self.accelerator)
+        return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     @abc.abstractmethod
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig) -> Any:
         """The collator used when none is given."""
 
     def encode_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        """Run the (unwrapped) encoder on a collated batch's ``input_ids`` / ``attention_mask``."""
-        return encode(
-            self.accelerator.unwrap_model(model), inputs["input_ids"], inputs["attention_mask"], self.encoder_settings
-        )
+        """Run the encoder on a collated batch's ``input_ids`` / ``attention_mask``.
+
+        ``model`` is the one ``compute_loss`` received (engine-wrapped when several processes train); it runs
+        through its own forward so that the engine synchronises gradients and gathers sharded parameters.
+        """
+        return encode(model, inputs["input_ids"], inputs["attention_mask"], self.encoder_settings)
+
+    def loss_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """How many items the loss of a collated batch averages over (e.g. target tokens, or queries)."""
+        raise NotImplementedError
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """The items (:meth:`loss_items`) of one optimisation step: every accumulated micro-batch, every process."""
+        if not batch_samples:
+            return None
+        count = torch.stack([torch.as_tensor(self.loss_items(batch)).sum() for batch in batch_samples]).sum()
+        count = count.to(device=device, dtype=torch.float32)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        return count
+
+    def average_over_items(
+        self, total: torch.Tensor, items: torch.Tensor, num_items_in_batch: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The loss to return from ``compute_loss``: a summed loss ``total`` over ``items``, made step-consistent.
+
+        In training, ``num_items_in_batch`` is the step's item count over all accumulated micro-batches and all
+        processes, so ``total * processes / num_items_in_batch`` makes the synchronised gradient that of the mean
+        over every item of the step (DDP and DeepSpeed average gradients over processes), however the step is
+        split: batch 4 = 2 x GA 2 = 2 processes x 2. In evaluation (no count given) it is ``total / items``.
+        """
+        if num_items_in_batch is None:
+            return total / items
+        return total * self.accelerator.num_processes / num_items_in_batch
 
     def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
         """Store per-step metric values (averaged over the steps between two logs)."""
@@ -229,8 +316,17 @@ class AutoRegTrainer(Trainer, abc.ABC):
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the recorded metrics, averaged over the steps since the last log and over all processes."""
         mode = "train" if self.model.training else "eval"
-        averaged = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        totals = {key: (sum(values), len(values)) for key, values in self._metrics[mode].items() if values}
+        if self.accelerator.num_processes > 1:
+            merged: dict[str, tuple[float, int]] = {}
+            for process_totals in gather_object([totals]):
+                for key, (total, count) in process_totals.items():
+                    previous_total, previous_count = merged.get(key, (0.0, 0))
+                    merged[key] = (previous_total + total, previous_count + count)
+            totals = merged
+        averaged = {key: total / count for key, (total, count) in totals.items()}
         if mode == "eval":
             averaged = {f"eval_{key}": value for key, value in averaged.items()}
         logs.update(averaged)  # in place: evaluate() returns this dict
@@ -274,6 +370,62 @@ class AutoRegTrainer(Trainer, abc.ABC):
             write_sentence_transformers_files(
                 directory, self.encoder_settings, embedding_dimension(model), **self._sentence_transformer_metadata()
             )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Resume every PEFT adapter from the checkpoint into its own slot, keeping which adapters are active and
+        which train (the Trainer's own loader keeps only the first active adapter, which breaks two-adapter CDA)."""
+        unwrapped = self.accelerator.unwrap_model(model or self.model)
+        if not is_peft_model(unwrapped):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+        active = list(unwrapped.base_model.active_adapters)
+        with preserved_trainability(unwrapped):
+            for name in unwrapped.peft_config:
+                folder = Path(resume_from_checkpoint) / ("" if name == "default" else name)
+                weights = load_peft_weights(str(folder), device=str(self.args.device))
+                result = set_peft_model_state_dict(unwrapped, weights, adapter_name=name)
+                if getattr(result, "unexpected_keys", None):
+                    raise ValueError(
+                        f"{folder} does not hold the adapter {name!r} of this model: {result.unexpected_keys[:3]}"
+                    )
+            unwrapped.base_model.set_adapter(active)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Write ``checkpoint-N`` atomically: into a staging folder first, renamed once every process is done.
+
+        A crash during the save leaves only the staging folder (``.staging-checkpoint-N``), which neither
+        ``resume_from_checkpoint=True`` nor ``model=`` mistakes for a checkpoint; older checkpoints are rotated
+        out (``save_total_limit``) only after the new one is complete.
+        """
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = run_dir / f".staging-{name}"
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        self._get_output_dir = lambda trial=None: str(staging_root)  # the Trainer writes staging_root/name
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+            self.args.save_total_limit = save_total_limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging_root / name, final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            best = self.state.best_model_checkpoint
+            if best and Path(best).parent == staging_root:
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+                self.state.save_to_json(str(final / TRAINER_STATE_NAME))
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
+        self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model; a user's (final) save of a PEFT model writes merged weights by default.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -11,20 +12,22 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from autoreg_embed.data.cda_collator import CDACollator, log_prob_spec
 from autoreg_embed.data.collators import TargetBuilder
 from autoreg_embed.default_model import cache_dir
 from autoreg_embed.losses.cda import STRATEGY_LOG_PROBS, CDALossOutput, divergence_alignment_score, strategy_loss
-from autoreg_embed.modeling.decoder import conditional_log_probs, original_decoder
+from autoreg_embed.modeling.decoder import conditional_log_probs
 from autoreg_embed.modeling.encoder import encode
+from autoreg_embed.modeling.frozen import FrozenRole, original_decoder, reference_role
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-from autoreg_embed.modeling.reference import ReferenceEncoder
 from autoreg_embed.trainers.base_trainer import AutoRegTrainer
 from autoreg_embed.trainers.cda_config import CDAConfig
 
@@ -73,9 +76,11 @@ class CDATrainer(AutoRegTrainer):
     Args:
         model: the encoder: a stage-1 checkpoint path, a model, or any causal LM (``None``: embedded SmolLM2).
         ref_model: the reference encoder. If omitted: the PEFT policy with its trainable adapter off, else a
-            frozen copy of ``model`` taken before training; with ``precompute_ref_log_probs`` the reference runs
-            once before training and is then released.
-        decoder: the frozen original LLM (default: chosen by :func:`original_decoder`).
+            frozen copy of ``model`` taken before training (see
+            :func:`~autoreg_embed.modeling.frozen.reference_role`); with ``precompute_ref_log_probs`` the
+            reference runs once before training (split across processes) and a separate one is then released.
+        decoder: the frozen original LLM (default: chosen by
+            :func:`~autoreg_embed.modeling.frozen.original_decoder`).
         train_dataset / eval_dataset: rows with ``query``, ``pos``, ``neg`` (a string or a list; the same
             count in every row); optional ``instruction_next`` / ``instruction_self`` / ``instruction_prev``.
         peft_config: a PEFT config for stage 2; on a PEFT stage-1 model it becomes a second adapter ``align``
@@ -99,23 +104,26 @@ class CDATrainer(AutoRegTrainer):
     ) -> None:
         self._ref_model, self._decoder = ref_model, decoder
         super().__init__(model, args, *trainer_args, **kwargs)
-        for separate in (self.frozen_decoder.decoder, self.reference.model):
-            if separate is not None:
-                separate.to(self.args.device)
-        if self.args.precompute_ref_log_probs:
-            self.train_dataset = self.with_reference_log_probs(self.train_dataset, "train")
-            if self.eval_dataset is not None:
-                self.eval_dataset = self.with_reference_log_probs(self.eval_dataset, "eval")
-            if self.reference.kind == "model":
-                self.reference = None  # no longer needed: release the separate reference model
 
     def prepare_components(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: CDAConfig) -> None:
         self.log_prob_names = STRATEGY_LOG_PROBS[args.strategy]
         self.ref_names = [name for name in self.log_prob_names if name.startswith("ref_")]
-        self.frozen_decoder = original_decoder(model, self.encoder_settings, self._decoder)
-        self.reference = ReferenceEncoder(model, self._ref_model)
         self.encoder_inputs = EncoderInputBuilder(tokenizer, self.encoder_settings)
         self.target_builder = TargetBuilder(tokenizer, args.max_target_length)
+
+    def create_frozen_roles(self, model: nn.Module, args: CDAConfig) -> None:
+        """The decoder (original LLM) and the reference (the encoder now); with precomputed reference log-probs,
+        compute them now, and release a separate reference model afterwards."""
+        self.frozen_decoder = original_decoder(model, self.encoder_settings, self._decoder)
+        self.reference = reference_role(model, self._ref_model)
+        for role in (self.frozen_decoder, self.reference):
+            role.prepare(self.prepare_frozen_model)
+        if args.precompute_ref_log_probs:
+            self.train_dataset = self.with_reference_log_probs(self.train_dataset, "train")
+            if self.eval_dataset is not None:
+                self.eval_dataset = self.with_reference_log_probs(self.eval_dataset, "eval")
+            if not self.reference.shares_policy_weights:
+                self.reference = None  # no longer needed: release the separate reference model
 
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: CDAConfig) -> CDACollator:
         return self._collator(self.log_prob_names, self.ref_names if args.precompute_ref_log_probs else ())
@@ -141,20 +149,29 @@ class CDATrainer(AutoRegTrainer):
     # ---- log-probabilities -------------------------------------------------------------------------------
 
     def role_log_probs(
-        self, encoder: nn.Module, names: Sequence[str], inputs: dict[str, torch.Tensor], distributions: bool = False
+        self,
+        model: nn.Module,
+        names: Sequence[str],
+        inputs: dict[str, torch.Tensor],
+        distributions: bool = False,
+        encoder_role: FrozenRole | None = None,
     ) -> RoleLogProbs:
         """Log-probs of ``names`` with one encoder pass (distinct rows) and one decoder pass (distinct pairs).
 
-        ``distributions``: also keep the full next-token log-distributions (KL / JS similarities).
+        ``model``: the model ``compute_loss`` received (engine-wrapped when several processes train). The encoder
+        is that model (the policy) or ``encoder_role`` (e.g. :attr:`reference`; call under ``torch.no_grad()``);
+        the decoder is :attr:`frozen_decoder`, the original LLM. ``distributions``: also keep the full
+        next-token log-distributions (KL / JS similarities).
         """
         prefix = torch.cat([inputs[f"{name}.prefix_index"].flatten() for name in names])
         target = torch.cat([inputs[f"{name}.target_index"].flatten() for name in names])
         rows, row_of = prefix.unique(return_inverse=True)
-        encoded = encode(encoder, inputs["input_ids"][rows], inputs["attention_mask"][rows], self.encoder_settings)
+        with encoder_role(model) if encoder_role else contextlib.nullcontext(model) as encoder:
+            encoded = encode(encoder, inputs["input_ids"][rows], inputs["attention_mask"][rows], self.encoder_settings)
         states = encoded.compress_states
         pairs, pair_of = torch.stack([row_of, target]).unique(dim=1, return_inverse=True)
         target_ids, target_mask = inputs["target_ids"][pairs[1]], inputs["target_mask"][pairs[1]]
-        with self.frozen_decoder() as decoder:
+        with self.frozen_decoder(model) as decoder:
             scored = conditional_log_probs(decoder, states[pairs[0]], target_ids, target_mask, distributions)
         per_pair = scored.mean if self.args.length_normalize else scored.sum
         values, offsets, offset = {}, {}, 0
@@ -172,19 +189,19 @@ class CDATrainer(AutoRegTrainer):
 
         return RoleLogProbs(values, distributions_of, encoded.embedding)
 
-    def reference_log_probs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def reference_log_probs(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The ``ref_*`` log-probs of a batch: precomputed columns, or one no-grad pass of the reference."""
         if self.args.precompute_ref_log_probs:
             return {name: inputs[name] for name in self.ref_names}
-        with torch.no_grad(), self.reference() as reference:
-            return self.role_log_probs(reference, self.ref_names, inputs).values
+        with torch.no_grad():
+            return self.role_log_probs(model, self.ref_names, inputs, encoder_role=self.reference).values
 
     def compute_cda_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> CDALossOutput:
         """Run policy and reference on a batch and combine them with :func:`strategy_loss`."""
         policy_names = [name for name in self.log_prob_names if not name.startswith("ref_")]
         divergence = self.args.similarity != "log_prob"
         log_probs, distributions_of, embeddings = self.role_log_probs(model, policy_names, inputs, divergence)
-        log_probs.update(self.reference_log_probs(inputs))
+        log_probs.update(self.reference_log_probs(model, inputs))
         s1_override = None
         if divergence:
             query_conditioned, mask = distributions_of("policy_pos_next")
@@ -222,17 +239,26 @@ class CDATrainer(AutoRegTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, CDALossOutput]:
-        """The CDA loss of the batch (mean over queries)."""
-        output = self.compute_cda_loss(self.accelerator.unwrap_model(model), inputs)
-        self.check_finite(output.loss)
-        return (output.loss, output) if return_outputs else output.loss
+        """The CDA loss, averaged over the queries of the optimisation step."""
+        output = self.compute_cda_loss(model, inputs)
+        loss = self.average_over_items(output.per_example.sum(), self.loss_items(inputs), num_items_in_batch)
+        self.check_finite(loss)
+        return (loss, output) if return_outputs else loss
+
+    def loss_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss averages over queries (rows)."""
+        return torch.tensor(inputs[f"{self.log_prob_names[0]}.prefix_index"].shape[0])
 
     # ---- precomputed reference log-probs -------------------------------------------------------------------
 
-    def _reference_cache_file(self, dataset: Dataset) -> Path:
-        modules = [self.model] if self.reference.model is None else [self.reference.model]
-        if self.frozen_decoder.decoder is not None:
-            modules.append(self.frozen_decoder.decoder)
+    def _reference_cache_file(self, dataset: Dataset) -> Path | None:
+        """Where the reference log-probs of ``dataset`` are cached: keyed by the dataset, the frozen weights and the
+        settings, as decided by the main process. ``None`` (no cache) when DeepSpeed ZeRO-3 shards the weights."""
+        if is_deepspeed_zero3_enabled():
+            return None
+        modules = [self.model] if self.reference.shares_policy_weights else [self.reference.model]
+        if not self.frozen_decoder.shares_policy_weights:
+            modules.append(self.frozen_decoder.model)
         settings = {
             "names": self.ref_names,
             "instructions": self.instruction_texts,
@@ -240,40 +266,65 @@ class CDATrainer(AutoRegTrainer):
             "max_target_length": self.args.max_target_length,
             "encoder": self.encoder_settings.__dict__,
         }
-        key = hashlib.sha256(
-            json.dumps([dataset._fingerprint, weights_fingerprint(modules), settings], sort_keys=True).encode()
-        ).hexdigest()[:24]
+        key = [
+            hashlib.sha256(
+                json.dumps([dataset._fingerprint, weights_fingerprint(modules), settings], sort_keys=True).encode()
+            ).hexdigest()[:24]
+        ]
+        broadcast_object_list(key, from_process=0)
         folder = Path(self.args.ref_log_probs_cache_dir or cache_dir() / "ref_log_probs")
-        return folder / f"{key}.json"
+        return folder / f"{key[0]}.json"
 
     def with_reference_log_probs(self, dataset: Dataset, split: str) -> Dataset:
-        """``dataset`` with one column per ``ref_*`` name: read from the disk cache, or computed in one pass."""
+        """``dataset`` with one column per ``ref_*`` name: read from the disk cache, or computed in one pass.
+
+        The pass is split across processes and gathered; the main process of each machine writes the cache
+        (atomically) and the others wait for it and read it.
+        """
         cache_file = self._reference_cache_file(dataset)
-        if cache_file.is_file():
+        if cache_file is not None and cache_file.is_file():
             logger.info("Reusing reference log-probs from %s.", cache_file)
             columns = json.loads(cache_file.read_text())
         else:
-            columns = {name: [] for name in self.ref_names}
-            loader = DataLoader(
-                dataset,
-                batch_size=self.args.per_device_eval_batch_size,
-                collate_fn=self._collator(self.ref_names),
-                shuffle=False,
-            )
-            quiet = self.args.disable_tqdm or not self.is_local_process_zero()
-            for batch in tqdm(loader, desc=f"Reference log-probs ({split})", disable=quiet):
-                batch = self._prepare_inputs(batch)
-                with torch.no_grad(), self.reference() as reference:
-                    values = self.role_log_probs(reference, self.ref_names, batch).values
-                for name, value in values.items():
-                    columns[name].extend(value.float().cpu().tolist())
-            if self.args.should_save:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                staging = cache_file.with_suffix(".tmp")
-                staging.write_text(json.dumps(columns))
-                os.replace(staging, cache_file)
+            columns = self.compute_reference_log_probs(dataset, split)
+            if cache_file is not None:
+                if self.accelerator.is_local_main_process:
+                    cache_file.parent.mkdir(parents=True, exist_ok=True)
+                    staging = cache_file.with_suffix(f".tmp{os.getpid()}")
+                    staging.write_text(json.dumps(columns))
+                    os.replace(staging, cache_file)
+                self.accelerator.wait_for_everyone()
+                columns = json.loads(cache_file.read_text())
         for name, values in columns.items():
             if name in dataset.column_names:
                 dataset = dataset.remove_columns(name)
             dataset = dataset.add_column(name, values)
         return dataset
+
+    def compute_reference_log_probs(self, dataset: Dataset, split: str) -> dict[str, list]:
+        """The ``ref_*`` log-probs of every row of ``dataset``, in row order, computed across all processes.
+
+        As trl's DPO precompute: the accelerator shards the batches over processes and ``gather_for_metrics``
+        puts them back in order (dropping the padding of the last step). Under DeepSpeed the reference runs in an
+        inference engine (the policy is not wrapped yet).
+        """
+        loader = DataLoader(
+            dataset,
+            batch_size=self.args.per_device_eval_batch_size,
+            collate_fn=self._collator(self.ref_names),
+            shuffle=False,
+        )
+        loader = self.accelerator.prepare(loader)
+        runner = self.model
+        if self.is_deepspeed_enabled and self.reference.shares_policy_weights:
+            from trl.models.utils import prepare_deepspeed
+
+            runner = prepare_deepspeed(self.model, self.accelerator)
+        columns: dict[str, list] = {name: [] for name in self.ref_names}
+        quiet = self.args.disable_tqdm or not self.is_local_process_zero()
+        for batch in tqdm(loader, desc=f"Reference log-probs ({split})", disable=quiet):
+            with torch.no_grad():
+                values = self.role_log_probs(runner, self.ref_names, batch, encoder_role=self.reference).values
+            for name, value in self.accelerator.gather_for_metrics(values).items():
+                columns[name].extend(value.float().cpu().tolist())
+        return columns
