@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -104,3 +105,33 @@ def test_model_card_records_each_stage_with_data_hyperparameters_and_citation(tm
     assert "| sts.spearman | 12.5 |" in card and "2. ContrastiveTrainer" in card
     config = json.loads((tmp_path / "stage2" / "sentence_bert_config.json").read_text())
     assert [stage["trainer"] for stage in config["training_stages"]] == ["CompressionTrainer", "ContrastiveTrainer"]
+
+
+def test_declared_dependencies_are_the_imported_packages():
+    """pyproject's dependencies (plus the eval / gguf / plot extras) are exactly the distributions the code imports."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    tomllib = pytest.importorskip("tomllib")
+    imported = set()
+    for path in (REPO / "autoreg_embed").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"autoreg_embed"}
+    distributions = packages_distributions()
+
+    def normalized(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    imported_distributions = {normalized(distributions[module][0]) for module in third_party}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {normalized(re.split(r"[<>=\[ ]", requirement)[0]) for requirement in requirements}
+
+    extras = project["optional-dependencies"]
+    declared = names(project["dependencies"]) | names(extras["eval"] + extras["gguf"] + extras["plot"])
+    assert imported_distributions == declared
