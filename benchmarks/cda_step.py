@@ -76,6 +76,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 
 from autoreg_embed import CDAConfig, CDATrainer, default_model_path
 from autoreg_embed.losses.cda import cda_loss
+from autoreg_embed.losses.cda_log_probs import POS_GIVEN_QUERY, LogProb
 from autoreg_embed.modeling.checkpoint import load_causal_lm
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.decoder import conditional_log_probs
@@ -262,6 +263,7 @@ def baseline_loss(trainer: CDATrainer, inputs: Mapping[str, Batch], negatives: i
         temperature=options.temperature,
         bound=options.bound,
         reference_sign=options.reference_sign,
+        multi_negative=options.multi_negative,
     ).loss
 
 
@@ -303,17 +305,16 @@ def timed_step(trainer: CDATrainer, loss_fn: Callable[[], torch.Tensor]) -> tupl
 def pass_counts(trainer: CDATrainer, batch: Batch, negatives: int) -> dict[str, dict[str, int]]:
     """Rows fed to the encoder and the decoder per step by each schedule (policy + reference)."""
 
-    def rows_of(names: Sequence[str]) -> tuple[int, int]:
-        prefix = torch.cat([batch[f"{name}.prefix_index"].flatten() for name in names])
-        target = torch.cat([batch[f"{name}.target_index"].flatten() for name in names])
+    def rows_of(specs: Sequence[LogProb]) -> tuple[int, int]:
+        prefix = torch.cat([batch[f"{spec.key}.prefix_index"].flatten() for spec in specs])
+        target = torch.cat([batch[f"{spec.key}.target_index"].flatten() for spec in specs])
         rows, row_of = prefix.unique(return_inverse=True)
         pairs = torch.stack([row_of, target]).unique(dim=1)
         return int(rows.numel()), int(pairs.shape[1])
 
-    policy = [name for name in trainer.log_prob_names if not name.startswith("ref_")]
-    policy_rows, policy_pairs = rows_of(policy)
-    ref_rows, ref_pairs = rows_of(trainer.ref_names)
-    size = batch["policy_pos_next.prefix_index"].shape[0]
+    policy_rows, policy_pairs = rows_of(trainer.policy_specs)
+    ref_rows, ref_pairs = rows_of(trainer.reference_specs)
+    size = batch[f"{POS_GIVEN_QUERY.key}.prefix_index"].shape[0]
     return {
         "trainer": {
             "encoder_passes": 2,

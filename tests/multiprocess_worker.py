@@ -9,6 +9,7 @@ runs every scenario; the tests import :func:`run_scenario` for the one-process r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -126,9 +127,16 @@ def build_trainer(name: str, out: Path, per_device_batch: int, accumulation: int
 
 
 def trainable_weights(trainer) -> dict[str, torch.Tensor]:
-    """Copies of the trainable parameters of the (unwrapped) model being trained."""
+    """Copies of the trainable parameters of the (unwrapped) model being trained (gathered under ZeRO-3)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return {key: value.detach().clone() for key, value in model.named_parameters() if value.requires_grad}
+    trainable = [(key, value) for key, value in model.named_parameters() if value.requires_grad]
+    gathered = contextlib.nullcontext()
+    if any(hasattr(value, "ds_id") for _, value in trainable):
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters([value for _, value in trainable])
+    with gathered:
+        return {key: value.detach().clone() for key, value in trainable}
 
 
 def run_scenario(

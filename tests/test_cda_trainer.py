@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from datasets import Dataset
 from helpers import (
+    QUIET_CPU_RUN,
     SHARED_DATA,
     TINY_RUNS,
     make_config,
@@ -34,10 +36,11 @@ from autoreg_embed import (
     conditional_log_probs,
     encode,
 )
-from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS, CDACollator
+from autoreg_embed.data.cda_collator import INSTRUCTION_PRESETS, CDACollator, one_positive_per_row
 from autoreg_embed.data.collators import TargetBuilder
 from autoreg_embed.data.schema import DataValidationError
-from autoreg_embed.losses.cda import STRATEGY_LOG_PROBS
+from autoreg_embed.losses.cda import DIVERGENCE_LOG_PROBS, STRATEGIES
+from autoreg_embed.losses.cda_log_probs import NEG_GIVEN_QUERY, POS_GIVEN_POS, POS_GIVEN_QUERY
 
 K = TINY_RUNS[CDAConfig]["num_compress_tokens"]
 """Compress tokens of the tiny models."""
@@ -53,6 +56,9 @@ METRICS = (
     "logps/alignment_gap",
     "embeddings/mean_cosine",
 )
+DIVERGENCE_METRICS = ("s1", "s2", "logps/positive", "logps/negative", "divergence/positive", "embeddings/mean_cosine")
+"""What the KL / JS similarity logs: no reference, so no rewards."""
+REFERENCE_PAIRS = [POS_GIVEN_QUERY.reference, NEG_GIVEN_QUERY.reference]
 
 
 def lora(**overrides) -> LoraConfig:
@@ -78,7 +84,7 @@ def planning_collator(tokenizer, instructions=STS) -> CDACollator:
     settings = EncoderSettings(num_compress_tokens=K)
     tokenizer.add_tokens(settings.compress_tokens, special_tokens=True)
     return CDACollator(
-        EncoderInputBuilder(tokenizer, settings), TargetBuilder(tokenizer, 64), STRATEGY_LOG_PROBS[0], instructions
+        EncoderInputBuilder(tokenizer, settings), TargetBuilder(tokenizer, 64), STRATEGIES[0].log_probs, instructions
     )
 
 
@@ -96,13 +102,12 @@ def test_collator_encodes_each_distinct_pair_and_target_once(tokenizer):
     assert batch["input_ids"].shape[0] == len({"Cats purr softly.", "Dogs bark loudly."}) == 2
     distinct_targets = {text for row in PLANNING_ROWS for text in [row["pos"], *row["neg"]]}
     assert batch["target_ids"].shape[0] == len(distinct_targets) == 5
-    for name in STRATEGY_LOG_PROBS[0]:
-        shape = (3, 2) if "neg" in name else (3, 1)
-        assert batch[f"{name}.prefix_index"].shape == shape, name
-        assert batch[f"{name}.target_index"].shape == shape, name
-    for role_free in ("pos_next", "neg_next"):  # the reference reuses the policy's rows
-        assert torch.equal(batch[f"policy_{role_free}.prefix_index"], batch[f"ref_{role_free}.prefix_index"])
-        assert torch.equal(batch[f"policy_{role_free}.target_index"], batch[f"ref_{role_free}.target_index"])
+    planned = {spec.key for spec in STRATEGIES[0].log_probs}  # the reference reads the policy's plan
+    assert planned == {POS_GIVEN_QUERY.key, POS_GIVEN_POS.key, NEG_GIVEN_QUERY.key}
+    for spec in STRATEGIES[0].log_probs:
+        shape = (3, 2) if spec.per_negative else (3, 1)
+        assert batch[f"{spec.key}.prefix_index"].shape == shape, spec
+        assert batch[f"{spec.key}.target_index"].shape == shape, spec
 
     compress = tokenizer.convert_tokens_to_ids([f"<EMBED{i}>" for i in range(K)])
 
@@ -114,14 +119,15 @@ def test_collator_encodes_each_distinct_pair_and_target_once(tokenizer):
     def target_text(row: int) -> str:
         return tokenizer.decode(batch["target_ids"][row][batch["target_mask"][row].bool()].tolist())
 
+    pos_next, pos_self, neg_next = POS_GIVEN_QUERY.key, POS_GIVEN_POS.key, NEG_GIVEN_QUERY.key
     for b, row in enumerate(PLANNING_ROWS):
-        assert encoder_text(batch["policy_pos_next.prefix_index"][b, 0]) == f"{row['query']}\n{STS['next']}"
-        assert encoder_text(batch["policy_pos_self.prefix_index"][b, 0]) == f"{row['pos']}\n{STS['self']}"
-        assert target_text(batch["policy_pos_next.target_index"][b, 0]) == row["pos"] + tokenizer.eos_token
-        assert target_text(batch["policy_pos_self.target_index"][b, 0]) == row["pos"] + tokenizer.eos_token
+        assert encoder_text(batch[f"{pos_next}.prefix_index"][b, 0]) == f"{row['query']}\n{STS['next']}"
+        assert encoder_text(batch[f"{pos_self}.prefix_index"][b, 0]) == f"{row['pos']}\n{STS['self']}"
+        assert target_text(batch[f"{pos_next}.target_index"][b, 0]) == row["pos"] + tokenizer.eos_token
+        assert target_text(batch[f"{pos_self}.target_index"][b, 0]) == row["pos"] + tokenizer.eos_token
         for i, negative in enumerate(row["neg"]):
-            assert encoder_text(batch["policy_neg_next.prefix_index"][b, i]) == f"{row['query']}\n{STS['next']}"
-            assert target_text(batch["policy_neg_next.target_index"][b, i]) == negative + tokenizer.eos_token
+            assert encoder_text(batch[f"{neg_next}.prefix_index"][b, i]) == f"{row['query']}\n{STS['next']}"
+            assert target_text(batch[f"{neg_next}.target_index"][b, i]) == negative + tokenizer.eos_token
 
 
 def test_collator_with_distinct_instructions_and_row_overrides(tokenizer):
@@ -132,8 +138,8 @@ def test_collator_with_distinct_instructions_and_row_overrides(tokenizer):
     assert batch["input_ids"].shape[0] == 4
     rows = [dict(PLANNING_ROWS[0], instruction_next="Custom query instruction:"), PLANNING_ROWS[1]]
     batch = collator(rows)
-    ids = batch["input_ids"][batch["policy_pos_next.prefix_index"][0, 0]]
-    text = tokenizer.decode(ids[batch["attention_mask"][batch["policy_pos_next.prefix_index"][0, 0]].bool()][1:-K])
+    row = batch[f"{POS_GIVEN_QUERY.key}.prefix_index"][0, 0]
+    text = tokenizer.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()][1:-K])
     assert text == "Cats purr softly.\nCustom query instruction:"
 
 
@@ -225,14 +231,13 @@ def prepared_tiny_model(tokenizer, seed: int = 0):
 
 def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tokenizer):
     rows = triplet_rows(4, num_negatives=2)
-    ref_names = ["ref_pos_next", "ref_neg_next"]
 
     copy_trainer = make_trainer(CDATrainer, tmp_path, tokenizer)  # (d) no PEFT, no ref_model: a frozen copy
     assert not copy_trainer.reference.shares_policy_weights
     assert copy_trainer.reference.model is not copy_trainer.model
     batch = copy_trainer.data_collator(rows)
     from_copy = copy_trainer.reference_log_probs(copy_trainer.model, batch)
-    assert from_copy["ref_pos_next"].shape == (4,) and from_copy["ref_neg_next"].shape == (4, 2)
+    assert from_copy[REFERENCE_PAIRS[0]].shape == (4,) and from_copy[REFERENCE_PAIRS[1]].shape == (4, 2)
 
     model, tok = prepared_tiny_model(tokenizer)  # (a) an explicit ref_model
     ref_model = copy.deepcopy(model)
@@ -245,9 +250,9 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
     assert adapter.reference.shares_policy_weights and adapter.reference.model is None
     from_adapter = adapter.reference_log_probs(adapter.model, batch)
     assert_close(from_adapter, from_copy)
-    policy = adapter.role_log_probs(adapter.model, ["policy_pos_next", "policy_neg_next"], batch).values
+    policy = adapter.role_log_probs(adapter.model, [POS_GIVEN_QUERY, NEG_GIVEN_QUERY], batch).values
     # the random (init_lora_weights=False) adapter changes the policy, but not the reference
-    assert max_difference({"a": policy["policy_pos_next"]}, {"a": from_adapter["ref_pos_next"]}) > 1e-3
+    assert max_difference({"a": policy[POS_GIVEN_QUERY]}, {"a": from_adapter[REFERENCE_PAIRS[0]]}) > 1e-3
     trainable = [name for name, p in adapter.model.named_parameters() if p.requires_grad]
     assert any("trainable_tokens" in name for name in trainable)  # the compress-token rows train too
     with torch.no_grad():  # as if trained: the adapter, compress-token rows included, must not reach the reference
@@ -265,9 +270,9 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
         ref_log_probs_cache_dir=str(tmp_path / "cache"),
         per_device_eval_batch_size=3,
     )
-    assert set(ref_names) <= set(precomputed.train_dataset.column_names)
+    assert {spec.name for spec in REFERENCE_PAIRS} <= set(precomputed.train_dataset.column_names)
     assert precomputed.reference is None  # released after precomputing
-    columns = {name: torch.tensor(precomputed.train_dataset[name]) for name in ref_names}
+    columns = {spec: torch.tensor(precomputed.train_dataset[spec.name]) for spec in REFERENCE_PAIRS}
     assert_close(columns, from_copy)
     precomputed_batch = precomputed.data_collator([precomputed.train_dataset[i] for i in range(4)])
     assert_close(precomputed.reference_log_probs(precomputed.model, precomputed_batch), from_copy)
@@ -292,22 +297,23 @@ def test_precomputed_reference_log_probs_are_cached_and_reused(tmp_path, tokeniz
     files = sorted(cache.glob("*.json"))
     assert len(files) == 1 and len(calls) == 2  # two eval batches of 2
     stored = json.loads(files[0].read_text())
-    assert stored["ref_pos_next"] == first.train_dataset["ref_pos_next"]
+    pos_column = REFERENCE_PAIRS[0].name
+    assert stored[pos_column] == first.train_dataset[pos_column]
     mtime = files[0].stat().st_mtime_ns
 
     calls.clear()  # same data, same (freshly built) model: read from the cache
     second = make_trainer(CDATrainer, tmp_path, tokenizer, rows=triplet_rows(4, num_negatives=2), **options)
     assert calls == []
     assert sorted(cache.glob("*.json")) == files and files[0].stat().st_mtime_ns == mtime
-    for name in ("ref_pos_next", "ref_neg_next"):
-        assert second.train_dataset[name] == first.train_dataset[name]
+    for spec in REFERENCE_PAIRS:
+        assert second.train_dataset[spec.name] == first.train_dataset[spec.name]
 
     changed = triplet_rows(4, num_negatives=2)  # other data: another key, computed again
     changed[3]["pos"] = "Something else entirely."
     third = make_trainer(CDATrainer, tmp_path, tokenizer, rows=changed, **options)
     assert len(calls) == 2 and len(list(cache.glob("*.json"))) == 2
-    assert third.train_dataset["ref_pos_next"][:3] == pytest.approx(first.train_dataset["ref_pos_next"][:3], rel=1e-5)
-    assert third.train_dataset["ref_pos_next"][3] != pytest.approx(first.train_dataset["ref_pos_next"][3], abs=1e-3)
+    assert third.train_dataset[pos_column][:3] == pytest.approx(first.train_dataset[pos_column][:3], rel=1e-5)
+    assert third.train_dataset[pos_column][3] != pytest.approx(first.train_dataset[pos_column][3], abs=1e-3)
 
     calls.clear()  # other weights: another key
     make_trainer(CDATrainer, tmp_path, tokenizer, rows=rows, model_seed=1, **options)
@@ -368,17 +374,17 @@ def test_two_adapters_train_align_only_and_reference_is_base_plus_stage1(tmp_pat
         float(p.grad.abs().sum()) > 0 for name, p in model.named_parameters() if ".lora_" in name and name in with_grad
     )
 
-    ref_names = trainer.ref_names
+    reference_specs = trainer.reference_specs
     reference = trainer.reference_log_probs(trainer.model, batch)
     assert sorted(model.base_model.active_adapters) == ["align", "default"]  # restored after the reference pass
     stage1_role = FrozenRole(model, stage1_only)
-    expected = trainer.role_log_probs(model, ref_names, batch, encoder_role=stage1_role).values
+    expected = trainer.role_log_probs(model, reference_specs, batch, encoder_role=stage1_role).values
     assert_close(reference, expected)
     with stage1_only.disable_adapter():
-        base_only = trainer.role_log_probs(model, ref_names, batch, encoder_role=stage1_role).values
+        base_only = trainer.role_log_probs(model, reference_specs, batch, encoder_role=stage1_role).values
     assert max_difference(reference, base_only) > 1e-3  # the stage-1 adapter is part of the reference
-    policy = trainer.role_log_probs(model, ["policy_pos_next", "policy_neg_next"], batch).values
-    assert max_difference({"x": policy["policy_pos_next"]}, {"x": reference["ref_pos_next"]}) > 1e-3
+    policy = trainer.role_log_probs(model, [POS_GIVEN_QUERY, NEG_GIVEN_QUERY], batch).values
+    assert max_difference({"x": policy[POS_GIVEN_QUERY]}, {"x": reference[REFERENCE_PAIRS[0]]}) > 1e-3
 
     # the decoder is the base alone (both adapters off)
     fresh, tok = prepared_tiny_model(tokenizer)
@@ -495,9 +501,8 @@ STRATEGY_CASES = [  # every strategy, similarity and bound at least once (each b
     (3, "log_prob", "sigmoid"),
     (4, "log_prob", "tanh"),
     (0, "kl", "log_sigmoid"),
-    (3, "kl", "sigmoid"),
-    (4, "js", "tanh"),
-    (0, "js", "log_sigmoid"),
+    (0, "kl", "sigmoid"),
+    (0, "js", "tanh"),
 ]
 
 
@@ -517,13 +522,14 @@ def test_every_strategy_similarity_and_bound_trains_one_step(tmp_path, tokenizer
         similarity=similarity,
         bound=bound,
     )
-    assert set(trainer.log_prob_names) == set(STRATEGY_LOG_PROBS[strategy])
+    needed = STRATEGIES[strategy].log_probs if similarity == "log_prob" else DIVERGENCE_LOG_PROBS
+    assert set(trainer.policy_specs + trainer.reference_specs) == set(needed)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     output = trainer.train()
     assert trainer.state.global_step == 1
     assert math.isfinite(output.training_loss)
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
-    assert set(METRICS) <= logged.keys()
+    assert set(METRICS if similarity == "log_prob" else DIVERGENCE_METRICS) <= logged.keys()
     assert any(not torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
 
 
@@ -608,15 +614,89 @@ def test_empty_negative_list_names_column_and_row(tmp_path, tokenizer):
 
 def test_compress_token_count_mismatch_with_stage1_checkpoint(tmp_path, stage1_checkpoint):
     _, stage1_dir = stage1_checkpoint
-    with pytest.raises(ValueError, match=rf"num_compress_tokens={K}, but the config asks for 3"):
+    expected = rf"num_compress_tokens=3 differs from the checkpoint .*trained with num_compress_tokens={K}"
+    with pytest.raises(ValueError, match=expected):
         CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, num_compress_tokens=3))
     loaded = AutoModelForCausalLM.from_pretrained(stage1_dir)  # a loaded model object is checked too
-    with pytest.raises(ValueError, match=rf"Set num_compress_tokens={K}"):
+    with pytest.raises(ValueError, match=rf"Set num_compress_tokens={K} or leave it unset"):
         CDATrainer(
             model=loaded,
             args=make_config(CDAConfig, tmp_path, num_compress_tokens=3),
             processing_class=AutoTokenizer.from_pretrained(stage1_dir),
         )
+
+
+def test_checkpoint_settings_take_set_lengths_and_refuse_other_layouts(tmp_path, stage1_checkpoint):
+    """A saved checkpoint's layout is used unless set: set lengths apply, a different k/template/BOS/pooling is an
+    error naming the option and the saved value; the same value set explicitly is fine."""
+    _, stage1_dir = stage1_checkpoint
+    saved = EncoderSettings.load(stage1_dir)
+    trainer = CDATrainer(
+        model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, max_text_length=4, max_instruction_length=40)
+    )
+    assert trainer.encoder_settings == replace(saved, max_text_length=4, max_instruction_length=40)
+    trainer.data_collator(triplet_rows(1))
+    assert trainer.data_collator.truncations["text"] > 0  # the new length is the one in use
+    unset = {"max_text_length": None, "max_instruction_length": None}
+    assert CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, **unset)).encoder_settings == saved
+    same = {"template": saved.template, "pooling": saved.pooling, "add_bos": saved.add_bos}
+    CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, **same))
+    continued = CompressionTrainer(
+        model=str(stage1_dir),
+        args=CompressionConfig(output_dir=str(tmp_path / "again"), max_text_length=16, **QUIET_CPU_RUN),
+    )
+    assert continued.encoder_settings == replace(saved, max_text_length=16)
+
+    refused = [
+        ({"pooling": "compress_last"}, r"pooling='compress_last' differs .*trained with pooling='compress_mean'"),
+        ({"add_bos": False}, r"add_bos=False differs .*trained with add_bos=True"),
+        ({"template": "{instruction}: {text}"}, r"template='\{instruction\}: \{text\}' differs"),
+        ({"instruction_position": "before_text"}, r"\(from instruction_position='before_text', recipe='paper'\)"),
+        ({"recipe": "official"}, r"template='\{text\}\\n\{instruction\}\\n' \(from recipe='official'\) differs"),
+    ]
+    for options, pattern in refused:
+        with pytest.raises(ValueError, match=pattern + ".*leave it unset"):
+            CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, **options))
+
+
+def test_retrieval_instructions_are_the_papers():
+    retrieval = INSTRUCTION_PRESETS["retrieval"]
+    assert retrieval["next"] == "Use one word to represent the query in a retrieval task. The word is: “"
+    assert retrieval["self"] == "Use one word to represent the passage in a retrieval task. The word is: “"
+    assert retrieval["prev"] == "Use a word to express the question that this article can answer:“"
+    assert all(text.endswith("“") for preset in INSTRUCTION_PRESETS.values() for text in preset.values())
+
+
+LIST_ROWS = [
+    {"query": "Cats purr.", "pos": ["A cat is content."], "neg": ["Cars need fuel."], "id": 0},
+    {"query": "Dogs bark.", "pos": ["A dog is loud.", "Dogs make noise."], "neg": ["Fish swim."], "id": 1},
+]
+
+
+def test_a_list_of_positives_gives_one_row_per_positive_or_its_first(tmp_path, tokenizer):
+    each = one_positive_per_row(Dataset.from_list(LIST_ROWS))
+    assert [(row["query"], row["pos"], row["neg"], row["id"]) for row in each] == [
+        ("Cats purr.", "A cat is content.", ["Cars need fuel."], 0),
+        ("Dogs bark.", "A dog is loud.", ["Fish swim."], 1),
+        ("Dogs bark.", "Dogs make noise.", ["Fish swim."], 1),
+    ]
+    first = one_positive_per_row(Dataset.from_list(LIST_ROWS), "first")
+    assert first["pos"] == ["A cat is content.", "A dog is loud."]
+    strings = Dataset.from_list(triplet_rows(2))
+    assert one_positive_per_row(strings) is strings
+
+    trainer = make_trainer(CDATrainer, tmp_path, tokenizer, rows=LIST_ROWS, eval_rows=LIST_ROWS)
+    assert trainer.train_dataset["pos"] == each["pos"] and trainer.eval_dataset["pos"] == each["pos"]
+    assert trainer.train().training_loss > 0
+    with pytest.raises(DataValidationError, match=r"Column 'pos', row 1: 2 positives.*one_positive_per_row"):
+        trainer.data_collator(LIST_ROWS)
+    assert (
+        make_trainer(CDATrainer, tmp_path, tokenizer, rows=LIST_ROWS, positives="first").train_dataset["pos"]
+        == first["pos"]
+    )
+    bad = [dict(LIST_ROWS[0]), dict(LIST_ROWS[1], pos=[])]
+    with pytest.raises(DataValidationError, match=r"Column 'pos', row 1: expected a string or a non-empty list"):
+        make_trainer(CDATrainer, tmp_path, tokenizer, rows=bad)
 
 
 @pytest.mark.parametrize(
@@ -627,8 +707,11 @@ def test_compress_token_count_mismatch_with_stage1_checkpoint(tmp_path, stage1_c
         ({"temperature": 0}, r"temperature must be > 0"),
         ({"temperature": -0.1}, r"temperature must be > 0"),
         ({"beta": 0}, r"beta must be > 0"),
-        ({"similarity": "kl", "strategy": 1}, r"similarity='kl'.*strategy 1/2"),
-        ({"similarity": "js", "strategy": 2}, r"similarity='js'.*strategy 1/2"),
+        ({"similarity": "kl", "strategy": 1}, r"similarity='kl' is the paper's variant .* no strategy 1"),
+        ({"similarity": "js", "strategy": 3}, r"similarity='js' is the paper's variant .* no strategy 3"),
+        ({"multi_negative": "max"}, r"multi_negative must be one of"),
+        ({"positives": "all"}, r"positives must be one of"),
+        ({"recipe": "mine"}, r"recipe must be one of \['paper', 'official'\]"),
         ({"similarity": "cosine"}, r"similarity must be one of"),
         ({"reference_sign": "minus"}, r"reference_sign must be one of"),
         ({"instructions": "chat"}, r"instructions must be one of"),

@@ -160,7 +160,40 @@ def test_example_configs_parse(config_file, config_class):
     argv = ["--config", str(path), "--bf16", "false"]  # bf16 needs a GPU (or use_cpu) to pass validation here
     _, data_args, config = parse_stage_arguments((ModelArguments, DataArguments, config_class), argv, "x")
     assert config.gradient_checkpointing and config.per_device_train_batch_size == 8
+    assert config.warmup_steps == 0.05 and config.lr_scheduler_type == "linear"  # the official scripts' schedule
     assert data_args.train_file.startswith("data/")
+
+
+def test_evaluate_paper_sts_prints_the_average_next_to_the_paper(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """The task selection is real; mteb's run is replaced by fixed scores (the tasks' data is on the hub)."""
+    from types import SimpleNamespace
+
+    import autoreg_embed.evaluation.mteb_tasks as mteb_tasks
+
+    ran = []
+
+    def fake_run(model, tasks, **kwargs):
+        ran.extend(tasks)
+        results = [SimpleNamespace(task_name=task.metadata.name, get_score=lambda: 0.8) for task in tasks]
+        return SimpleNamespace(task_results=results)
+
+    monkeypatch.setattr(mteb_tasks, "run_mteb", fake_run)
+    main(["evaluate", str(tiny_model_dir), "--baseline", "last", "--mteb", "paper-sts", "--output_dir", str(tmp_path)])
+    assert len(ran) == 10 and {task.metadata.name: task.hf_subsets for task in ran}["STS17"] == ["en-en"]
+    out = capsys.readouterr().out
+    assert "paper-sts.average=80.00" in out and "83.24   paper: AutoRegEmbed-LLaMA2-7B" in out
+    written = json.loads((tmp_path / "eval" / "baseline-last.json").read_text())
+    assert written["results"]["paper-sts"] == {"average": pytest.approx(80.0)}
+
+
+def test_python_dash_m_runs_the_command_line():
+    """``accelerate launch -m autoreg_embed.cli`` (docs/multi_gpu.md) and ``python -m autoreg_embed`` both work."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for module in ("autoreg_embed.cli", "autoreg_embed"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=env, check=True
+        )
+        assert result.stdout.strip() == f"autoreg-embed {autoreg_embed.__version__}"
 
 
 # --- one-line errors, before any model loads -----------------------------------------------------------------------

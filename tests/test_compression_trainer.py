@@ -712,9 +712,8 @@ def test_num_compress_tokens_mismatch_with_checkpoint(tmp_path, tokenizer):
     trainer = _construct(tmp_path / "a", tokenizer, ROWS, num_compress_tokens=2)
     checkpoint = tmp_path / "stage1"
     trainer.save_model(str(checkpoint))
-    with pytest.raises(
-        ValueError, match=r"trained with num_compress_tokens=2, but the config asks for 3\. Set num_compress_tokens=2"
-    ):
+    expected = r"num_compress_tokens=3 differs .*trained with num_compress_tokens=2.*Set num_compress_tokens=2"
+    with pytest.raises(ValueError, match=expected):
         CompressionTrainer(
             model=str(checkpoint),
             args=make_config(CompressionConfig, tmp_path / "b", num_compress_tokens=3),

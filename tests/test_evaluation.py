@@ -15,20 +15,25 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset, DatasetDict
 from helpers import sts_rows, write_jsonl, write_sts_file
 from scipy.stats import pearsonr, spearmanr
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
 
 from autoreg_embed.evaluation import (
+    PAPER_STS,
     LocalSTSTask,
     evaluate_mteb,
     evaluate_retrieval,
     evaluate_sts,
+    format_paper_sts,
     format_summary,
     get_mteb_tasks,
     load_beir_folder,
     load_sts_rows,
+    paper_sts_average,
+    paper_sts_tasks,
     write_results,
 )
 
@@ -280,6 +285,53 @@ def test_evaluate_mteb_runs_task_objects_and_writes_mteb_results(tmp_path):
     scores = evaluate_mteb(model, [LocalSTSTask(rows)], output_folder=tmp_path / "mteb")
     assert scores == {"LocalSTS": pytest.approx(evaluate_sts(model, rows)["spearman"])}
     assert len(list((tmp_path / "mteb").rglob("LocalSTS.json"))) == 1
+
+
+# --- the paper's STS task set -----------------------------------------------------------------------------
+
+PAPER_TASKS = ["BIOSSES", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "STS17", "STS22", "STSBenchmark"]
+
+
+def test_paper_sts_is_the_papers_ten_tasks_english_test_split_only():
+    tasks = paper_sts_tasks()
+    assert [task.metadata.name for task in tasks] == PAPER_TASKS
+    assert all(task.eval_splits == ["test"] and task.metadata.main_score == "cosine_spearman" for task in tasks)
+    subsets = {task.metadata.name: task.hf_subsets for task in tasks}
+    assert subsets["STS17"] == ["en-en"] and subsets["STS22"] == ["en"]
+    assert all(subsets[name] == ["default"] for name in PAPER_TASKS if name not in ("STS17", "STS22"))
+    assert [task.metadata.name for task in get_mteb_tasks([PAPER_STS, "SciFact"])] == [*PAPER_TASKS, "SciFact"]
+
+
+def test_paper_sts17_runs_only_its_english_pairs():
+    """With every STS17 subset's data in memory, only en-en is embedded and scored (no download)."""
+    task = next(task for task in paper_sts_tasks() if task.metadata.name == "STS17")
+
+    def rows(tag: str) -> Dataset:
+        pairs = [("a cat sits", "a cat sat", 4.0), ("a dog runs", "the dog ran", 3.0), ("the sun", "moon rises", 0.5)]
+        return Dataset.from_dict(
+            {
+                "sentence1": [f"{tag} {a}" for a, _, _ in pairs],
+                "sentence2": [f"{tag} {b}" for _, b, _ in pairs],
+                "score": [score for _, _, score in pairs],
+            }
+        )
+
+    task.dataset = {subset: DatasetDict({"test": rows(subset)}) for subset in task.metadata.eval_langs}
+    task.data_loaded = True
+    assert len(task.dataset) > 5  # Arabic, Korean, Spanish, cross-lingual pairs ...
+    model = bow_model()
+    assert set(evaluate_mteb(model, [task])) == {"STS17"}
+    assert {text.split()[0] for text in prompts_used(model)} == {"en-en"}
+
+
+def test_paper_sts_average_and_comparison_with_the_paper():
+    scores = {name: 70.0 + index for index, name in enumerate(PAPER_TASKS)}
+    assert paper_sts_average(scores) == pytest.approx(74.5)
+    table = format_paper_sts(scores)
+    assert "STS17" in table and "average        74.50   this model" in table
+    assert "83.24   paper: AutoRegEmbed-LLaMA2-7B, MEDI-NLI 50k" in table
+    with pytest.raises(ValueError, match=r"needs all 10 tasks; missing: \['STS22'\]"):
+        paper_sts_average({name: 1.0 for name in PAPER_TASKS if name != "STS22"})
 
 
 # --- result files ------------------------------------------------------------------------------------------

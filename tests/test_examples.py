@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,16 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
     assert "Decoder readout gain" in table
     for name in ("learning_curve.png", "loss_curves.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_both_stages_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py --smoke: the GPU check's code path (2 steps of each stage, tiny model, CPU)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    command = [sys.executable, str(script), "--smoke", "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout[result.stdout.rindex("\n{\n") :])  # the last printed object (logs precede it)
+    for stage in ("compression", "cda"):
+        assert report["sdpa"][stage]["seconds_per_step"] > 0
+        assert math.isfinite(report["sdpa"][stage]["final_loss"])

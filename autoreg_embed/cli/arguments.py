@@ -97,7 +97,11 @@ class EvaluateArguments:
         default=None, metadata={"help": "BEIR-style folder (corpus.jsonl, queries.jsonl, qrels.tsv)."}
     )
     mteb: str | None = field(
-        default=None, metadata={"help": "Comma-separated mteb task names (downloads their data from the hub)."}
+        default=None,
+        metadata={
+            "help": "Comma-separated mteb task names, or paper-sts: the paper's 10 STS tasks (English, test split), "
+            "printed next to the paper's averages (downloads their data from the hub)."
+        },
     )
     baseline: Literal["last", "mean", "eos"] | None = field(
         default=None,

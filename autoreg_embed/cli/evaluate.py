@@ -37,13 +37,16 @@ def run_evaluate(argv: Sequence[str]) -> None:
         raise UserError(f"Retrieval folder {args.retrieval!r} does not exist.")
 
     from autoreg_embed.evaluation import (
+        PAPER_STS,
         evaluate_mteb,
         evaluate_retrieval,
         evaluate_sts,
+        format_paper_sts,
         format_summary,
         get_mteb_tasks,
         load_beir_folder,
         load_sts_rows,
+        paper_sts_average,
         read_results,
         write_results,
     )
@@ -51,7 +54,8 @@ def run_evaluate(argv: Sequence[str]) -> None:
     sts_rows = load_sts_rows(require_readable_file(args.sts, "STS file"), limit=args.sts_limit) if args.sts else None
     if args.retrieval:
         load_beir_folder(args.retrieval)  # checks every file and id before the model loads
-    tasks = get_mteb_tasks([name.strip() for name in args.mteb.split(",") if name.strip()]) if args.mteb else None
+    task_names = [name.strip() for name in args.mteb.split(",") if name.strip()] if args.mteb else []
+    tasks = get_mteb_tasks(task_names) if task_names else None
 
     model = _load_model(args)
     results: dict[str, Any] = {}
@@ -62,6 +66,8 @@ def run_evaluate(argv: Sequence[str]) -> None:
         results["retrieval"] = evaluate_retrieval(model, args.retrieval, **progress)
     if tasks:
         results["mteb"] = evaluate_mteb(model, tasks, **progress)
+        if PAPER_STS in task_names:
+            results[PAPER_STS] = {"average": paper_sts_average(results["mteb"])}
 
     output = args.output_dir or (None if args.baseline else args.model_name_or_path)
     where = "not written; give --output_dir to keep them"
@@ -75,6 +81,8 @@ def run_evaluate(argv: Sequence[str]) -> None:
             stored = read_results(output)
             refresh_model_card(output, {**stored.pop(RESULTS_NAME, {}), **stored})
     print(f"{args.model_name_or_path}: {format_summary(results)} ({where})")
+    if PAPER_STS in task_names:
+        print(format_paper_sts(results["mteb"]))
 
 
 def _load_model(args: Any) -> Any:

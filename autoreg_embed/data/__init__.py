@@ -1,6 +1,6 @@
 """Data: collators, instruction presets, schema validation and loading."""
 
-from autoreg_embed.data.cda_collator import CDACollator
+from autoreg_embed.data.cda_collator import CDACollator, one_positive_per_row
 from autoreg_embed.data.collators import CompressionCollator, ContrastiveCollator, TargetBuilder
 from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
 from autoreg_embed.data.loading import load_rows
@@ -14,5 +14,6 @@ __all__ = [
     "DataValidationError",
     "TargetBuilder",
     "load_rows",
+    "one_positive_per_row",
     "validate_rows",
 ]

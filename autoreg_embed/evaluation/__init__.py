@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "autoreg_embed.evaluation.mteb_tasks": ("evaluate_mteb", "get_mteb_tasks"),
+        "autoreg_embed.evaluation.paper_sts": ("PAPER_STS", "format_paper_sts", "paper_sts_average", "paper_sts_tasks"),
         "autoreg_embed.evaluation.results": ("format_summary", "read_results", "write_results"),
         "autoreg_embed.evaluation.retrieval": ("LocalRetrievalTask", "evaluate_retrieval", "load_beir_folder"),
         "autoreg_embed.evaluation.sts": ("LocalSTSTask", "evaluate_sts", "load_sts_rows"),
@@ -32,6 +33,10 @@ __getattr__, __dir__, __all__ = lazy_exports(
 if TYPE_CHECKING:  # the names as type checkers and documentation tools see them
     from autoreg_embed.evaluation.mteb_tasks import evaluate_mteb as evaluate_mteb
     from autoreg_embed.evaluation.mteb_tasks import get_mteb_tasks as get_mteb_tasks
+    from autoreg_embed.evaluation.paper_sts import PAPER_STS as PAPER_STS
+    from autoreg_embed.evaluation.paper_sts import format_paper_sts as format_paper_sts
+    from autoreg_embed.evaluation.paper_sts import paper_sts_average as paper_sts_average
+    from autoreg_embed.evaluation.paper_sts import paper_sts_tasks as paper_sts_tasks
     from autoreg_embed.evaluation.results import (
         format_summary as format_summary,
     )

@@ -16,6 +16,8 @@ from mteb.abstasks.abstask import AbsTask
 from mteb.models import EncoderProtocol
 from sentence_transformers import SentenceTransformer
 
+from autoreg_embed.evaluation.paper_sts import PAPER_STS, paper_sts_tasks
+
 if TYPE_CHECKING:
     from mteb.results import ModelResult
 
@@ -27,8 +29,10 @@ def get_mteb_tasks(tasks: Sequence[str | AbsTask], languages: Sequence[str] | No
     """Resolve task names to mteb task objects; task objects are passed through.
 
     Args:
-        tasks: mteb task names (e.g. ``"STSBenchmark"``) or task objects.
-        languages: Keep only these languages of multilingual tasks (ISO 639-3, e.g. ``["eng"]``).
+        tasks: mteb task names (e.g. ``"STSBenchmark"``), task objects, or ``"paper-sts"``: the paper's 10 STS
+            tasks, test split, English subsets (:func:`~autoreg_embed.evaluation.paper_sts.paper_sts_tasks`).
+        languages: Keep only these languages of multilingual tasks (ISO 639-3, e.g. ``["eng"]``); the
+            ``paper-sts`` tasks keep their own subsets.
 
     Raises:
         ValueError: No tasks were given, or some names are unknown to mteb (the message suggests close
@@ -43,6 +47,9 @@ def get_mteb_tasks(tasks: Sequence[str | AbsTask], languages: Sequence[str] | No
     for task in tasks:
         if isinstance(task, AbsTask):
             resolved.append(task)
+            continue
+        if task == PAPER_STS:
+            resolved.extend(paper_sts_tasks())
             continue
         try:
             resolved.append(mteb.get_task(task, languages=languages))
@@ -117,8 +124,9 @@ def evaluate_mteb(
 
     Args:
         model: The model to evaluate.
-        task_names: mteb task names, e.g. ``["STSBenchmark", "SICK-R", "SciFact"]``, or task objects
-            (e.g. a :class:`~autoreg_embed.evaluation.sts.LocalSTSTask`).
+        task_names: mteb task names, e.g. ``["STSBenchmark", "SICK-R", "SciFact"]``, ``"paper-sts"`` (the
+            paper's 10 STS tasks, see :func:`get_mteb_tasks`), or task objects (e.g. a
+            :class:`~autoreg_embed.evaluation.sts.LocalSTSTask`).
         output_folder: Where mteb writes its own result files (see :func:`run_mteb`); none if None.
         languages: Keep only these languages of multilingual tasks (ISO 639-3, e.g. ``["eng"]``).
         batch_size: Encoding batch size.

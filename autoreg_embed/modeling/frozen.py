@@ -19,7 +19,7 @@ from torch import nn
 
 from autoreg_embed.default_model import resolve_model_name_or_path
 from autoreg_embed.modeling.checkpoint import load_causal_lm
-from autoreg_embed.modeling.original import holds_original_weights, original_record
+from autoreg_embed.modeling.original import holds_original_weights, is_partitioned, original_record
 from autoreg_embed.modeling.settings import EncoderSettings
 
 logger = logging.getLogger(__name__)
@@ -95,20 +95,21 @@ class FrozenRole:
     Args:
         policy: the (unwrapped) model being trained.
         model: a separate model for the role (frozen and put in eval mode here). If ``None``, the role is
-            ``policy`` itself with only ``adapters`` active, which needs a PEFT policy.
+            ``policy`` itself with only ``adapters`` active.
         adapters: with no separate model, the PEFT adapters active in the role (empty: all disabled, i.e. the
-            base weights).
+            base weights); ``None``: the policy exactly as it is (valid only until training changes it, e.g. to
+            precompute reference log-probs).
     """
 
-    def __init__(self, policy: nn.Module, model: nn.Module | None = None, adapters: Sequence[str] = ()) -> None:
-        if model is None and not is_peft_model(policy):
+    def __init__(self, policy: nn.Module, model: nn.Module | None = None, adapters: Sequence[str] | None = ()) -> None:
+        if model is None and adapters is not None and not is_peft_model(policy):
             raise ValueError("A role that shares the policy's weights needs a PEFT policy (adapters to switch off).")
         if model is not None:
             model.requires_grad_(False)
             model.eval()
         self.policy = policy
         self.model = model
-        self.adapters = list(adapters)
+        self.adapters = None if adapters is None else list(adapters)
 
     @property
     def shares_policy_weights(self) -> bool:
@@ -132,7 +133,8 @@ class FrozenRole:
             yield self.model
             return
         runner = self.policy if policy is None else policy
-        with preserved_trainability(self.policy), eval_mode(self.policy), active_adapters(self.policy, self.adapters):
+        switch = contextlib.nullcontext() if self.adapters is None else active_adapters(self.policy, self.adapters)
+        with preserved_trainability(self.policy), eval_mode(self.policy), switch:
             yield runner
 
 
@@ -142,7 +144,8 @@ def original_decoder(model: nn.Module, settings: EncoderSettings, decoder: nn.Mo
     - an explicit ``decoder``: used as is;
     - else, when the base weights of ``model`` are still the original ones (checked against the record that
       :func:`~autoreg_embed.modeling.compress_tokens.add_compress_tokens` left in ``model.config``): a PEFT
-      model with its adapters disabled, or a frozen copy;
+      model with its adapters disabled, or a frozen copy (when DeepSpeed ZeRO-3 sharded the weights at loading,
+      the original is loaded by name instead);
     - else (a fully fine-tuned stage-1 model, in memory or from a checkpoint): the original, loaded from
       ``settings.base_model_name_or_path`` (or the name recorded in ``model.config``).
 
@@ -152,12 +155,18 @@ def original_decoder(model: nn.Module, settings: EncoderSettings, decoder: nn.Mo
     if decoder is not None:
         return FrozenRole(model, decoder)
     if _base_is_original(model, settings):
-        return FrozenRole(model) if is_peft_model(model) else FrozenRole(model, frozen_copy(model))
+        if is_peft_model(model):
+            return FrozenRole(model)
+        if not is_partitioned(model):  # weights sharded by ZeRO-3 at loading cannot be copied: load them below
+            return FrozenRole(model, frozen_copy(model))
     name = settings.base_model_name_or_path or (original_record(model) or {}).get("name_or_path")
     if not name:
+        why = (
+            "sharded by DeepSpeed ZeRO-3" if is_partitioned(model) else "no longer the original LLM's (it was trained)"
+        )
         raise ValueError(
-            "The model's weights are no longer the original LLM's (it was trained), and no name of the original is "
-            "recorded to load it from. Pass the original model as decoder=..."
+            f"The model's weights are {why}, and no name of the original is recorded to load it from. Pass the "
+            "original model as decoder=..."
         )
     logger.info("Loading the original LLM %s as the frozen decoder.", name)
     parameter = next(model.parameters())
@@ -176,12 +185,14 @@ def _base_is_original(model: nn.Module, settings: EncoderSettings) -> bool:
     return os.path.normpath(resolve_model_name_or_path(own)) == os.path.normpath(original)
 
 
-def reference_role(policy: nn.Module, ref_model: nn.Module | None = None) -> FrozenRole:
+def reference_role(policy: nn.Module, ref_model: nn.Module | None = None, precompute: bool = False) -> FrozenRole:
     """The CDA reference (the encoder as it was at the start of stage 2), as trl's DPO chooses it.
 
     - an explicit ``ref_model``: used as is, frozen;
     - a PEFT policy: the same weights with its trainable (stage-2) adapter off, i.e. the base plus any frozen
       stage-1 adapter, with nothing copied;
+    - ``precompute`` (reference log-probs computed once before training): the policy as it is now, nothing copied
+      (the role must be dropped before training starts);
     - otherwise: a frozen deep copy of the policy taken now (before training).
 
     A reference is never re-read from a model name: that would lose the compress tokens and the stage-1 weights.
@@ -191,4 +202,11 @@ def reference_role(policy: nn.Module, ref_model: nn.Module | None = None) -> Fro
     if is_peft_model(policy):
         trainable = trainable_adapters(policy)
         return FrozenRole(policy, adapters=[name for name in policy.peft_config if name not in trainable])
+    if precompute:
+        return FrozenRole(policy, adapters=None)
+    if is_partitioned(policy):
+        raise ValueError(
+            "The policy's weights are sharded by DeepSpeed ZeRO-3, so a full fine-tuning reference cannot be copied "
+            "from them: set precompute_ref_log_probs=True, pass ref_model=..., or train with LoRA (peft_config)."
+        )
     return FrozenRole(policy, frozen_copy(policy))

@@ -10,6 +10,7 @@ fingerprint of its transformer-layer weights in ``model.config`` (saved with eve
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -25,6 +26,17 @@ def _config(model: nn.Module):
     return base.config
 
 
+def parameters_fingerprint(named_parameters: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A hash of parameters: their names, shapes, sums and sums of squares (in float64), in the given order."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, parameter in named_parameters:
+            values = parameter.detach().double()
+            digest.update(f"{name}{tuple(parameter.shape)}{values.sum().item():.12e}".encode())
+            digest.update(f"{values.square().sum().item():.12e}".encode())
+    return digest.hexdigest()
+
+
 def layer_weights_fingerprint(model: nn.Module) -> str:
     """A hash of the base weights of ``model``'s transformer layers (names, shapes, sums, sums of squares).
 
@@ -38,17 +50,12 @@ def layer_weights_fingerprint(model: nn.Module) -> str:
         raise ValueError(f"{type(body).__name__} has no list of transformer layers to fingerprint.")
     layers = max(layer_lists, key=len)
     adapters = set(getattr(model, "peft_config", {}) or {})
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, parameter in layers.named_parameters():
-            parts = name.split(".")
-            if adapters.intersection(parts) or any(part.startswith("lora_") for part in parts):
-                continue
-            values = parameter.detach().double()
-            canonical = name.replace(".base_layer", "")
-            digest.update(f"{canonical}{tuple(parameter.shape)}{values.sum().item():.10e}".encode())
-            digest.update(f"{values.square().sum().item():.10e}".encode())
-    return digest.hexdigest()
+    base_weights = (
+        (name.replace(".base_layer", ""), parameter)
+        for name, parameter in layers.named_parameters()
+        if not adapters.intersection(name.split(".")) and not any(p.startswith("lora_") for p in name.split("."))
+    )
+    return parameters_fingerprint(base_weights)
 
 
 def record_original_weights(model: nn.Module) -> None:
@@ -67,7 +74,7 @@ def record_original_weights(model: nn.Module) -> None:
         "fingerprint": None,
         "vocab_size": int(head.weight.shape[0]),
     }
-    if not _is_partitioned():
+    if not is_partitioned(model):
         record["fingerprint"] = layer_weights_fingerprint(model)
     setattr(config, ORIGINAL_WEIGHTS_KEY, record)
 
@@ -94,13 +101,11 @@ def holds_original_weights(model: nn.Module) -> bool | None:
     DeepSpeed ZeRO-3 (the fingerprint needs the full tensors).
     """
     record = original_record(model)
-    if not record or not record.get("fingerprint") or _is_partitioned():
+    if not record or not record.get("fingerprint") or is_partitioned(model):
         return None
     return layer_weights_fingerprint(model) == record["fingerprint"]
 
 
-def _is_partitioned() -> bool:
-    """Whether models are being loaded sharded by DeepSpeed ZeRO-3 (their tensors are then empty placeholders)."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    return is_deepspeed_zero3_enabled()
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 has sharded ``model``'s parameters (each process then holds empty placeholders)."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())

@@ -10,14 +10,14 @@ from sentence_transformers import SentenceTransformer
 
 from autoreg_embed.default_model import DEFAULT_MODEL
 from autoreg_embed.modeling.checkpoint import load_causal_lm, load_tokenizer
-from autoreg_embed.modeling.settings import EncoderSettings, PoolingMethod
+from autoreg_embed.modeling.settings import EncoderSettings, Pooling
 from autoreg_embed.sentence_transformers.module import AutoRegEmbedModule, split_dtype
 from autoreg_embed.sentence_transformers.prompts import check_prompts
 
 
 def baseline(
     model_name_or_path: str | os.PathLike | None = None,
-    pooling: PoolingMethod = "last",
+    pooling: Pooling = "last",
     template: str = "{text}",
     *,
     add_bos: bool | None = None,

@@ -16,6 +16,7 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -59,26 +60,19 @@ def prepare_encoder(
 
     One loading path for every folder the package writes: an autoreg-embed checkpoint (a final save or a
     ``checkpoint-N``, full weights or a PEFT adapter) loads with :func:`~autoreg_embed.load_encoder` and keeps
-    its settings (a different ``num_compress_tokens`` in ``args`` is an error rather than a silent mismatch); an
-    adapter checkpoint stays trainable unless ``peft_config`` adds a new adapter on top. Anything else loads as a
-    causal LM with ``args.model_init_kwargs``. A tokenizer without a pad token gets one (``args.pad_token``).
+    its settings, except for the lengths ``args`` sets; a k, template, BOS or pooling in ``args`` that differs from
+    the saved one is an error (see :meth:`EncoderTrainingConfig.encoder_settings`). An adapter checkpoint stays
+    trainable unless ``peft_config`` adds a new adapter on top. Anything else loads as a causal LM with
+    ``args.model_init_kwargs``. A tokenizer without a pad token gets one (``args.pad_token``).
     """
     name = model if isinstance(model, str) or model is None else getattr(model, "name_or_path", None) or None
     base_name = DEFAULT_MODEL if model is None else name
-    settings = args.encoder_settings(base_model_name_or_path=base_name)
     model_kwargs = args.model_init_kwargs or {}
-    if name is not None and EncoderSettings.exists_in(name):
-        saved = EncoderSettings.load(name)
-        if saved.num_compress_tokens != settings.num_compress_tokens:
-            raise ValueError(
-                f"The checkpoint {name} was trained with num_compress_tokens={saved.num_compress_tokens}, but the "
-                f"config asks for {settings.num_compress_tokens}. Set num_compress_tokens="
-                f"{saved.num_compress_tokens}."
-            )
-        settings = saved
-        if isinstance(model, str):
-            loaded = load_encoder(name, args.model_dtype, is_trainable=peft_config is None, **model_kwargs)
-            model, processing_class = loaded.model, processing_class or loaded.tokenizer
+    saved = EncoderSettings.load(name) if name is not None and EncoderSettings.exists_in(name) else None
+    settings = args.encoder_settings(base_model_name_or_path=base_name, saved=saved, checkpoint=name)
+    if saved is not None and isinstance(model, str):
+        loaded = load_encoder(name, args.model_dtype, is_trainable=peft_config is None, **model_kwargs)
+        model, processing_class = loaded.model, processing_class or loaded.tokenizer
     if model is None or isinstance(model, str):
         model = load_causal_lm(model, args.model_dtype, **model_kwargs)
     if processing_class is None:
@@ -193,7 +187,14 @@ class AutoRegTrainer(Trainer, abc.ABC):
         model, processing_class, self.encoder_settings = prepare_encoder(model, processing_class, args, peft_config)
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             self.validate(dataset, name)
-        self.instruction_texts = args.instruction_texts() if isinstance(args, InstructionTrainingConfig) else None
+        train_dataset, eval_dataset = (
+            self.prepare_dataset(train_dataset, args),
+            self.prepare_dataset(eval_dataset, args),
+        )
+        self.instruction_texts = None
+        if isinstance(args, InstructionTrainingConfig):
+            args.check_instructions(self.encoder_settings)  # a checkpoint's template may lack an instruction slot
+            self.instruction_texts = args.instruction_texts()
         self.prepare_components(model, processing_class, args)
         self._metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),
@@ -211,6 +212,7 @@ class AutoRegTrainer(Trainer, abc.ABC):
             **kwargs,
         )
         self.loss_is_scaled_for_ga = True  # training losses are divided by the step's items (num_items_in_batch)
+        self._frozen_engines: list[nn.Module] = []
         self.create_frozen_roles(model, args)
 
     @classmethod
@@ -223,6 +225,10 @@ class AutoRegTrainer(Trainer, abc.ABC):
         validate_dataset(
             dataset, name, cls.text_columns, list_columns=list_columns, optional_columns=cls.optional_columns
         )
+
+    def prepare_dataset(self, dataset: Any, args: EncoderTrainingConfig) -> Any:
+        """Reshape a validated dataset (or ``None``) before training, e.g. one row per positive; default: as is."""
+        return dataset
 
     def prepare_components(
         self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig
@@ -238,17 +244,24 @@ class AutoRegTrainer(Trainer, abc.ABC):
     def prepare_frozen_model(self, model: nn.Module) -> nn.Module:
         """Prepare a separate frozen model for the training engine, in evaluation mode, as trl does for its reference.
 
-        DeepSpeed: an inference engine (ZeRO-3 shards it like the policy; other stages keep one copy per process);
-        FSDP: sharded like the policy; otherwise moved to the device (no DDP wrapper: it has no gradients).
+        DeepSpeed ZeRO-3: sharded like the policy by an inference engine (trl's ``prepare_deepspeed``) whose module
+        is returned, to be called directly: its parameter-gathering hooks run, while the engine's own forward
+        would refuse the backward pass that flows through the decoder into the encoder. Other DeepSpeed stages:
+        one plain copy per process, as trl does. FSDP: sharded like the policy (trl's ``prepare_fsdp``).
+        Otherwise: moved to the device (no DDP wrapper: it has no gradients of its own).
         """
-        if self.is_deepspeed_enabled:
+        if self.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
             from trl.models.utils import prepare_deepspeed
 
-            return prepare_deepspeed(model, self.accelerator)
+            engine = prepare_deepspeed(model, self.accelerator)
+            self._frozen_engines.append(engine)  # keeps the engine (and its hooks' state) alive
+            return engine.module
         if self.is_fsdp_enabled:
             from trl.models.utils import prepare_fsdp
 
             return prepare_fsdp(model, self.accelerator)
+        if self.is_deepspeed_enabled:
+            return model.to(self.accelerator.device)
         return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     @abc.abstractmethod
