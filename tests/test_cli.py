@@ -99,9 +99,10 @@ def test_stage_help_lists_own_options_first_with_defaults_and_choices(capsys):
         assert option in out[: out.index("transformers.TrainingArguments options")]
     assert "--pooling {compress_mean,compress_last,last,mean,eos}" in out
     assert "--instruction_position {after_text,before_text}" in out
-    no_bos = next(line for line in out.splitlines() if line.strip().startswith("--no_add_bos"))
-    assert "Turn add_bos off." in no_bos and "Start every" not in no_bos
-    assert "k, the number of compress tokens (paper: 5). (default: 5)" in out
+    no_merge = next(line for line in out.splitlines() if line.strip().startswith("--no_merge_adapter_on_save"))
+    assert "Turn merge_adapter_on_save off." in no_merge and "writes merged" not in no_merge
+    assert "k, the number of compress tokens (paper: 5). Unset: 5" in out
+    assert "Log every N optimisation steps. (default: 10)" in out  # defaults are shown
     assert "--num-compress-tokens" not in out  # the hyphenated aliases parse but are not listed
 
 

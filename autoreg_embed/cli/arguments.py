@@ -119,8 +119,9 @@ class EvaluateArguments:
 
 
 def _summary(cls: type) -> str:
-    """The first line of a class docstring as plain text (Sphinx roles and double backticks removed)."""
-    first = (cls.__doc__ or "").strip().split("\n", 1)[0]
+    """The first sentence of a class docstring as plain text (Sphinx roles and double backticks removed)."""
+    paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n", 1)[0].split())
+    first = re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
     first = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", first)
     return first.replace("``", "")
 

@@ -120,8 +120,9 @@ def _field_default(field: Any) -> Any:
 def _options(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(method options, training hyper-parameters) of a trainer config, as JSON-ready values.
 
-    Method options are the fields autoreg-embed classes add to ``TrainingArguments`` (they define the method, so
-    all are shown). Training hyper-parameters are :data:`KEY_HYPERPARAMETERS` plus every other
+    Method options are the fields autoreg-embed classes add to ``TrainingArguments`` that are set (they define the
+    method, so they are shown even at their defaults; unset layout options resolve to the encoder settings, which
+    the card shows in its own table). Training hyper-parameters are :data:`KEY_HYPERPARAMETERS` plus every other
     ``TrainingArguments`` option whose value differs from its field default (unset values such as ``None``, ``""``
     and ``[]`` count as equal), leaving out options that only say where or how a run reports
     (:data:`_PRESENTATION_OPTIONS`) and secrets (``*token*``). No config is built here: a ``TrainingArguments``
@@ -133,7 +134,9 @@ def _options(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     own_fields = {field.name: field for field in fields(args)}
     declared = set(declared_options(type(args)))
     values = {name: _plain(value) for name, value in args.to_dict().items()}
-    method = {name: values[name] for name in sorted(declared - set(trainer_fields)) if name in values}
+    method = {  # unset options (None) are left out: the layout table shows the values the encoder uses
+        name: values[name] for name in sorted(declared - set(trainer_fields)) if values.get(name) is not None
+    }
     hyperparameters = {}
     for name, value in values.items():
         if name not in trainer_fields or "token" in name or name.startswith(_PRESENTATION_OPTIONS):
