@@ -232,3 +232,37 @@ def test_align_command_accepts_an_adapter_checkpoint(tmp_path, base_model_dir):
         ]
     )
     assert load_encoder(output).settings.num_compress_tokens == NUM_COMPRESS_TOKENS
+
+
+def test_two_adapter_checkpoint_loads_both_adapters_and_continues(tmp_path, base_model_dir):
+    """LoRA through both stages: stage 1's adapter trains the compress-token rows, stage 2 adds 'align'. Its
+    adapter-only checkpoint-N (PEFT puts 'align' in a subfolder) loads with both adapters active and continues."""
+    folders = stage1_folders(tmp_path, base_model_dir, lora())
+    args = CDAConfig(
+        **{
+            **QUIET_CPU_RUN,
+            "output_dir": str(tmp_path / "stage2"),
+            "per_device_train_batch_size": 2,
+            "max_steps": 2,
+            "save_strategy": "steps",
+            "save_steps": 2,
+            "learning_rate": 1e-2,
+            "num_compress_tokens": NUM_COMPRESS_TOKENS,
+        }
+    )
+    stage2 = CDATrainer(
+        model=folders["final-adapter"], args=args, train_dataset=Dataset.from_list(triplet_rows()), peft_config=lora()
+    )
+    stage2.train()
+    checkpoint = tmp_path / "stage2" / "checkpoint-2"
+    assert (checkpoint / "align" / "adapter_config.json").is_file()
+    expected = embeddings_of(stage2.model, stage2.processing_class, stage2.encoder_settings)
+    loaded = load_encoder(checkpoint)
+    assert sorted(loaded.model.base_model.active_adapters) == ["align", "default"]
+    torch.testing.assert_close(
+        embeddings_of(loaded.model, loaded.tokenizer, loaded.settings), expected, atol=1e-6, rtol=0
+    )
+    args.output_dir = str(tmp_path / "again")
+    again = CDATrainer(model=str(checkpoint), args=args)
+    trainable = [name for name, parameter in again.model.named_parameters() if parameter.requires_grad]
+    assert trainable and all(".align." in name for name in trainable)

@@ -6,7 +6,7 @@
    commands run in a temporary folder with ``PYTHONPATH`` unset). There: ``autoreg-embed --version`` and
    ``--help``; the shipped quickstart data is found; ``autoreg-embed compress`` trains 2 steps on a tiny model
    and ``autoreg-embed evaluate`` scores it.
-3. A second fresh venv gets only torch, sentence-transformers, accelerate and the wheel without dependencies: the
+3. A second fresh venv gets only torch, sentence-transformers and the wheel without dependencies: the
    checkpoint loads (with and without ``trust_remote_code``) and encodes to the same vectors as in step 2, and
    importing the evaluation package names the extra to install.
 
@@ -140,7 +140,7 @@ def main() -> None:
     check("compress: 2 steps on the quickstart data; evaluate; encode", started)
 
     started = time.perf_counter()
-    minimal_set = [f"{name}=={version(name)}" for name in ("sentence-transformers", "accelerate")]
+    minimal_set = [f"{name}=={version(name)}" for name in ("sentence-transformers",)]
     minimal = make_venv(work / "venv-minimal", work, env, *minimal_set)
     run([str(minimal), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)], work, env)
     loaded = json.loads(run([str(minimal), "-I", "-c", ENCODE, str(trained)], work, env))
@@ -150,7 +150,7 @@ def main() -> None:
         assert difference < 1e-5, (key, difference)
     message = run([str(minimal), "-I", "-c", MISSING_EXTRA], work, env)
     assert "autoreg-embed[eval]" in message, message
-    check("minimal venv (torch, sentence-transformers, accelerate, the wheel --no-deps): same embeddings", started)
+    check("minimal venv (torch, sentence-transformers, the wheel --no-deps): same embeddings", started)
     print(f"wheel check passed ({work})")
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from autoreg_embed.default_model import resolve_model_name_or_path
-from autoreg_embed.modeling.checkpoint import ADAPTER_CONFIG_FILE
+from autoreg_embed.modeling.checkpoint import ADAPTER_CONFIG_FILE, partial_token_adapters
 from autoreg_embed.modeling.frozen import is_peft_model
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers.model_card import render_model_card, stage_record
@@ -145,7 +145,8 @@ def export_sentence_transformer(
         if (directory / ADAPTER_CONFIG_FILE).is_file():
             raise ValueError(f"{directory} holds an adapter already; export full weights into a fresh folder.")
         weights = copy.deepcopy(model).merge_and_unload() if peft else model
-    weights.save_pretrained(directory)
+    with partial_token_adapters(weights):
+        weights.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     settings.save(directory)
     write_sentence_transformers_files(

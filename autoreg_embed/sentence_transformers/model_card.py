@@ -135,7 +135,10 @@ def _options(args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     declared = set(declared_options(type(args)))
     values = {name: _plain(value) for name, value in args.to_dict().items()}
     method = {  # unset options (None) are left out: the layout table shows the values the encoder uses
-        name: values[name] for name in sorted(declared - set(trainer_fields)) if values.get(name) is not None
+        # read from the config itself: to_dict() hides every "*_token" field (e.g. pad_token) as a secret
+        name: _plain(getattr(args, name))
+        for name in sorted(declared - set(trainer_fields))
+        if getattr(args, name) is not None
     }
     hyperparameters = {}
     for name, value in values.items():

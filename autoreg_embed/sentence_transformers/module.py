@@ -11,7 +11,7 @@ from sentence_transformers.base.modules import InputModule
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from autoreg_embed.modeling.checkpoint import load_encoder
+from autoreg_embed.modeling.checkpoint import load_encoder, partial_token_adapters
 from autoreg_embed.modeling.encoder import backbone_of, encode
 from autoreg_embed.modeling.frozen import is_peft_model
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
@@ -143,7 +143,8 @@ class AutoRegEmbedModule(InputModule):
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         """Write the weights (safetensors; an unmerged PEFT model writes its adapter), tokenizer, settings, config."""
-        self.model.save_pretrained(output_path)
+        with partial_token_adapters(self.model):
+            self.model.save_pretrained(output_path)
         self.save_tokenizer(output_path)
         self._settings.save(output_path)
         self.save_config(output_path)

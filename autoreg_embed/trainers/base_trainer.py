@@ -22,7 +22,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from autoreg_embed.data.schema import require_columns, validate_rows
 from autoreg_embed.default_model import DEFAULT_MODEL
-from autoreg_embed.modeling.checkpoint import ensure_pad_token, load_causal_lm, load_encoder, load_tokenizer
+from autoreg_embed.modeling.checkpoint import (
+    ensure_pad_token,
+    load_causal_lm,
+    load_encoder,
+    load_tokenizer,
+    partial_token_adapters,
+)
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.encoder import EncoderOutput, encode
 from autoreg_embed.modeling.frozen import is_peft_model, preserved_trainability
@@ -375,7 +381,8 @@ class AutoRegTrainer(Trainer, abc.ABC):
         ``SentenceTransformer(path, trust_remote_code=True)`` or ``autoreg_embed.load(path)``. Prompts are the
         trainer's I_next / I_self instructions when it has them (CDA), else the paper's STS instruction.
         """
-        super()._save(output_dir, state_dict=state_dict)
+        with partial_token_adapters(self.accelerator.unwrap_model(self.model)):
+            super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             directory = Path(output_dir or self.args.output_dir)
             self.encoder_settings.save(directory)
