@@ -72,7 +72,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from autoreg_embed import CDAConfig, CDATrainer, default_model_path
 from autoreg_embed.losses.cda import cda_loss
@@ -81,6 +81,7 @@ from autoreg_embed.modeling.checkpoint import load_causal_lm
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.decoder import conditional_log_probs
 from autoreg_embed.modeling.encoder import encode
+from autoreg_embed.testing import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nli" / "medi_nli.jsonl"
@@ -94,31 +95,15 @@ Batch = dict[str, torch.Tensor]
 # ---- models and data -------------------------------------------------------------------------------------------
 
 
-def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
-    """A tiny random llama (2 layers, hidden 32) over ``tokenizer``'s vocabulary (the recipe of tests/conftest)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 def load_model(quick: bool, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
     """The benchmarked base model: the tiny llama (``quick``) or the embedded SmolLM2-135M-Instruct."""
-    model = tiny_llama(tokenizer) if quick else load_causal_lm(None)
+    model = make_tiny_model("llama", tokenizer) if quick else load_causal_lm(None)
     return model.to(dtype)
 
 
 def model_description(quick: bool) -> str:
     if quick:
-        return "tiny random llama (2 layers, hidden 32, conftest recipe) over the SmolLM2 tokenizer"
+        return "tiny random llama (2 layers, hidden 32, autoreg_embed.testing recipe) over the SmolLM2 tokenizer"
     return "SmolLM2-135M-Instruct (embedded default model, load_causal_lm(None))"
 
 

@@ -28,13 +28,14 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 from transformers.utils import is_flash_attn_2_available
 
 from autoreg_embed import CDAConfig, CDATrainer, CompressionConfig, CompressionTrainer, default_model_path
 from autoreg_embed.data import load_rows
 from autoreg_embed.modeling.checkpoint import load_tokenizer
 from autoreg_embed.resources import QUICKSTART_FILES
+from autoreg_embed.testing import make_tiny_model
 
 
 class StepTimer(TrainerCallback):
@@ -58,18 +59,7 @@ class StepTimer(TrainerCallback):
 def tiny_model_dir(folder: Path) -> str:
     """A tiny random Llama with the SmolLM2 tokenizer, saved to ``folder`` (for ``--smoke``)."""
     tokenizer = load_tokenizer(None)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    make_tiny_model("llama", tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 

@@ -1,25 +1,21 @@
-"""Helpers shared by the tests: tiny random models, quiet CPU training arguments, the shared data folder."""
+"""Helpers shared by the tests: one factory per kind of row, config, trainer and tiny model; the shared data folder.
+
+Test files import from here (``from helpers import ...``); ``conftest.py`` only holds fixtures.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
-from transformers import (
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    GraniteConfig,
-    GraniteForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from autoreg_embed import CDAConfig, CompressionConfig, ContrastiveConfig, DistillConfig
+from autoreg_embed.testing import LLAMA_STYLE_MODELS, make_tiny_model  # noqa: F401  (re-exported for the tests)
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 LOGIT_POSTPROCESSING_ARCHITECTURES = ("gemma2", "granite")
@@ -44,41 +40,159 @@ QUIET_CPU_RUN = {
 """TrainingArguments of the tests' tiny runs: CPU, batches in dataset order, a log every step, no saves or bars."""
 
 
-LLAMA_STYLE_MODELS = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "gemma2": (
-        Gemma2Config,
-        Gemma2ForCausalLM,
-        {"head_dim": 8, "final_logit_softcapping": 0.3},
-    ),  # small cap: large effect
-    "granite": (GraniteConfig, GraniteForCausalLM, {"logits_scaling": 4.0}),  # logits divided by logits_scaling
-}
-"""Architectures sharing Llama's config fields: (config class, model class, extra config of the tiny model)."""
+# --- rows --------------------------------------------------------------------------------------------------------
 
 
-def make_tiny_model(
-    architecture: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **config_overrides: object
-) -> PreTrainedModel:
-    """A tiny random causal LM (2 layers, hidden 32) of the given architecture over ``tokenizer``'s vocabulary.
+def compression_rows(count: int = 5) -> list[dict[str, str]]:
+    """Stage-1 rows (``context``, ``instruction``, ``target``), all different."""
+    return [
+        {"context": f"Context number {i}.", "instruction": f"Question {i}?", "target": f"Answer {i}"}
+        for i in range(count)
+    ]
 
-    ``config_overrides`` replace fields of the tiny config (e.g. a wider model with a larger init).
+
+def triplet_rows(count: int, num_negatives: int = 1) -> list[dict[str, Any]]:
+    """(``query``, ``pos``, ``neg``) rows for CDA and InfoNCE; ``neg`` is a list, and texts differ in length."""
+    return [
+        {
+            "query": f"Query {i}: where do cats sleep?" + " Really." * (i % 3),
+            "pos": f"Cats sleep {i} hours on warm sofas.",
+            "neg": [f"Car number {i}.{j} needs diesel fuel" + "!" * j for j in range(num_negatives)],
+        }
+        for i in range(count)
+    ]
+
+
+ANIMALS = ("cat", "dog", "owl", "fox", "bee", "cow", "eel", "yak")
+"""Subjects of :func:`distill_rows`."""
+
+
+def distill_rows(count: int, num_negatives: int = 0, pos: bool = False) -> list[dict[str, Any]]:
+    """(``text``, ``instruction``, ``output``) rows, optional ``pos`` and a ``neg`` list; every fourth instruction is
+    empty, and texts and outputs differ in length."""
+    rows = []
+    for i in range(count):
+        animal = ANIMALS[i % len(ANIMALS)]
+        row = {
+            "text": f"Note {i}: the {animal} sleeps {i + 2} hours on a warm sofa." + " Really." * (i % 3),
+            "instruction": f"How long does the {animal} sleep?" if i % 4 else "",
+            "output": f"{i + 2} hours" + " of sleep" * (i % 2),
+        }
+        if pos:
+            row["pos"] = f"The {animal} rests {i + 2} hours."
+        if num_negatives:
+            row["neg"] = [f"Car {i}.{j} needs diesel" + "!" * j for j in range(num_negatives)]
+        rows.append(row)
+    return rows
+
+
+def sts_rows(count: int) -> list[dict[str, Any]]:
+    """Synthetic STS pairs (``sentence1``, ``sentence2``, ``score`` in 0-5) that need no shared data.
+
+    Every sentence is different (it carries its row number), so no two pairs get exactly the same similarity.
     """
-    torch.manual_seed(seed)
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    if architecture == "gpt2":
-        fields = {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 1024, **config_overrides}
-        return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), **special, **fields)).eval()
-    if architecture not in LLAMA_STYLE_MODELS:
-        raise ValueError(architecture)
-    config_class, model_class, extra = LLAMA_STYLE_MODELS[architecture]
-    fields = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        **extra,
-        **config_overrides,
-    }
-    return model_class(config_class(vocab_size=len(tokenizer), **special, **fields)).eval()
+    subjects = ["A man", "A woman", "A child", "The dog", "Two cats", "An old farmer"]
+    actions = ["is playing a guitar", "is cooking pasta", "runs in the park", "reads a book", "sleeps on a sofa"]
+    rows = []
+    for i in range(count):
+        first = f"{subjects[i % len(subjects)]} {actions[i % len(actions)]} on day {i}."
+        second = f"{subjects[(i * 5) % len(subjects)]} {actions[(i * 3 + i // 7) % len(actions)]} at hour {i}."
+        rows.append({"sentence1": first, "sentence2": second, "score": float(i % 6)})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    """Write ``rows`` as JSON Lines and return ``path``."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def write_sts_file(path: Path, count: int) -> Path:
+    """A JSONL file of :func:`sts_rows`."""
+    return write_jsonl(path, sts_rows(count))
+
+
+# --- configs and trainers -------------------------------------------------------------------------------------------
+
+TINY_RUNS: dict[type, dict[str, Any]] = {
+    CompressionConfig: {"per_device_train_batch_size": 4},
+    CDAConfig: {
+        "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 2,
+        "max_steps": 1,
+        "learning_rate": 1e-3,
+        "num_compress_tokens": 2,
+        "max_text_length": 32,
+        "max_instruction_length": 32,
+        "max_target_length": 24,
+    },
+    ContrastiveConfig: {
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "max_steps": 1,
+        "learning_rate": 1e-3,
+        "instructions": "retrieval",
+        "max_text_length": 32,
+        "max_instruction_length": 32,
+    },
+    DistillConfig: {
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "max_steps": 1,
+        "learning_rate": 1e-3,
+        "num_compress_tokens": 3,
+        "max_text_length": 48,
+        "max_instruction_length": 32,
+    },
+}
+"""Per config class, the options of the tests' tiny runs on top of :data:`QUIET_CPU_RUN`."""
+
+RUN_FOLDERS: dict[type, dict[str, str]] = {DistillConfig: {"teacher_targets_cache_dir": "teacher-cache"}}
+"""Per config class, options naming a folder, put under the test's ``tmp_path`` (never the user's cache)."""
+
+TRAINER_ARGUMENTS = (
+    "ref_model",
+    "decoder",
+    "teacher_model",
+    "peft_config",
+    "callbacks",
+    "data_collator",
+    "processing_class",
+)
+"""Keyword arguments :func:`make_trainer` passes to the trainer rather than to its config."""
+
+
+def make_config(config_class: type, tmp_path: Path, **overrides: Any) -> Any:
+    """A config of ``config_class`` for a tiny CPU run writing into ``tmp_path / "out"``; ``overrides`` win."""
+    folders = {option: str(tmp_path / name) for option, name in RUN_FOLDERS.get(config_class, {}).items()}
+    options = {**QUIET_CPU_RUN, "output_dir": str(tmp_path / "out"), **TINY_RUNS.get(config_class, {}), **folders}
+    options.update(overrides)
+    return config_class(**options)
+
+
+def make_trainer(
+    trainer_class: type,
+    tmp_path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    rows: list[dict[str, Any]] | None = None,
+    model: Any = None,
+    model_seed: int = 0,
+    eval_rows: list[dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> Any:
+    """A trainer of ``trainer_class`` on a tiny Llama (seeded ``model_seed``) or ``model``, :func:`make_config` options.
+
+    It works on a copy of ``tokenizer`` (the trainer adds its compress tokens; later models must not see them;
+    use ``trainer.processing_class``), unless ``processing_class`` is given (``None``: loaded with the model).
+    Keywords in :data:`TRAINER_ARGUMENTS` go to the trainer, the others to the config.
+    """
+    trainer_kwargs = {name: overrides.pop(name) for name in TRAINER_ARGUMENTS if name in overrides}
+    trainer_kwargs.setdefault("processing_class", copy.deepcopy(tokenizer))
+    return trainer_class(
+        model=make_tiny_model("llama", tokenizer, model_seed) if model is None else model,
+        args=make_config(trainer_class.config_class, tmp_path, **overrides),
+        train_dataset=None if rows is None else Dataset.from_list(rows),
+        eval_dataset=None if eval_rows is None else Dataset.from_list(eval_rows),
+        **trainer_kwargs,
+    )

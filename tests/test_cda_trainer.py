@@ -11,7 +11,16 @@ from dataclasses import replace
 import pytest
 import torch
 from datasets import Dataset
-from helpers import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model, requires_shared_data
+from helpers import (
+    QUIET_CPU_RUN,
+    SHARED_DATA,
+    TINY_RUNS,
+    make_config,
+    make_tiny_model,
+    make_trainer,
+    requires_shared_data,
+    triplet_rows,
+)
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -33,7 +42,7 @@ from autoreg_embed.data.schema import DataValidationError
 from autoreg_embed.losses.cda import DIVERGENCE_LOG_PROBS, STRATEGIES
 from autoreg_embed.losses.cda_log_probs import NEG_GIVEN_QUERY, POS_GIVEN_POS, POS_GIVEN_QUERY
 
-K = 2
+K = TINY_RUNS[CDAConfig]["num_compress_tokens"]
 """Compress tokens of the tiny models."""
 LORA_MODULES = ["q_proj", "v_proj"]
 STS = INSTRUCTION_PRESETS["sts"]
@@ -50,50 +59,6 @@ METRICS = (
 DIVERGENCE_METRICS = ("s1", "s2", "logps/positive", "logps/negative", "divergence/positive", "embeddings/mean_cosine")
 """What the KL / JS similarity logs: no reference, so no rewards."""
 REFERENCE_PAIRS = [POS_GIVEN_QUERY.reference, NEG_GIVEN_QUERY.reference]
-
-
-def cda_rows(count: int, num_negatives: int = 1) -> list[dict]:
-    return [
-        {
-            "query": f"Query {i}: where do cats sleep at night?",
-            "pos": f"Cats sleep {i} hours on warm sofas.",
-            "neg": [f"Car number {i}.{j} needs diesel fuel." for j in range(num_negatives)],
-        }
-        for i in range(count)
-    ]
-
-
-def cda_args(tmp_path, **overrides) -> CDAConfig:
-    options = dict(
-        QUIET_CPU_RUN,
-        output_dir=str(tmp_path / "cda"),
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        max_steps=1,
-        learning_rate=1e-3,
-        num_compress_tokens=K,
-        max_text_length=32,
-        max_instruction_length=32,
-        max_target_length=24,
-    )
-    options.update(overrides)
-    return CDAConfig(**options)
-
-
-def make_trainer(tmp_path, tokenizer, rows=None, model=None, seed: int = 0, **overrides) -> CDATrainer:
-    """A CDATrainer on a tiny Llama; ``tokenizer`` is copied, so every trainer adds its compress tokens afresh."""
-    ref_model = overrides.pop("ref_model", None)
-    peft_config = overrides.pop("peft_config", None)
-    eval_rows = overrides.pop("eval_rows", None)
-    return CDATrainer(
-        model=make_tiny_model("llama", tokenizer, seed) if model is None else model,
-        ref_model=ref_model,
-        args=cda_args(tmp_path, **overrides),
-        train_dataset=None if rows is None else Dataset.from_list(rows),
-        eval_dataset=None if eval_rows is None else Dataset.from_list(eval_rows),
-        processing_class=copy.deepcopy(tokenizer),
-        peft_config=peft_config,
-    )
 
 
 def lora(**overrides) -> LoraConfig:
@@ -197,11 +162,11 @@ def sigmoid(x: float) -> float:
     [(1, False, "paper"), (3, True, "paper"), (3, False, "official")],
 )
 def test_loss_matches_the_equation(tmp_path, tokenizer, num_negatives, length_normalize, reference_sign):
-    rows = cda_rows(2, num_negatives)
+    rows = triplet_rows(2, num_negatives)
     rows[1]["pos"] = "A much longer positive passage, so that the two targets differ in length by several tokens."
     beta, tau = 0.1, 0.05
     trainer = make_trainer(
-        tmp_path, tokenizer, length_normalize=length_normalize, reference_sign=reference_sign, beta=beta
+        CDATrainer, tmp_path, tokenizer, length_normalize=length_normalize, reference_sign=reference_sign, beta=beta
     )
     decoder, reference = trainer.frozen_decoder.model, trainer.reference.model
     policy = trainer.model
@@ -265,9 +230,9 @@ def prepared_tiny_model(tokenizer, seed: int = 0):
 
 
 def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tokenizer):
-    rows = cda_rows(4, num_negatives=2)
+    rows = triplet_rows(4, num_negatives=2)
 
-    copy_trainer = make_trainer(tmp_path, tokenizer)  # (d) no PEFT, no ref_model: a frozen copy
+    copy_trainer = make_trainer(CDATrainer, tmp_path, tokenizer)  # (d) no PEFT, no ref_model: a frozen copy
     assert not copy_trainer.reference.shares_policy_weights
     assert copy_trainer.reference.model is not copy_trainer.model
     batch = copy_trainer.data_collator(rows)
@@ -276,12 +241,12 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
 
     model, tok = prepared_tiny_model(tokenizer)  # (a) an explicit ref_model
     ref_model = copy.deepcopy(model)
-    explicit = CDATrainer(model=model, ref_model=ref_model, args=cda_args(tmp_path), processing_class=tok)
+    explicit = CDATrainer(model=model, ref_model=ref_model, args=make_config(CDAConfig, tmp_path), processing_class=tok)
     assert explicit.reference.model is ref_model
     assert not any(p.requires_grad for p in ref_model.parameters())
     assert_close(explicit.reference_log_probs(explicit.model, batch), from_copy)
 
-    adapter = make_trainer(tmp_path, tokenizer, peft_config=lora())  # (b) PEFT policy, adapter switched off
+    adapter = make_trainer(CDATrainer, tmp_path, tokenizer, peft_config=lora())  # (b) PEFT policy, adapter switched off
     assert adapter.reference.shares_policy_weights and adapter.reference.model is None
     from_adapter = adapter.reference_log_probs(adapter.model, batch)
     assert_close(from_adapter, from_copy)
@@ -296,7 +261,8 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
                 parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
     assert_close(adapter.reference_log_probs(adapter.model, batch), from_copy)
 
-    precomputed = make_trainer(  # (c) precomputed before training, in batches of 3 (other padding)
+    precomputed = make_trainer(
+        CDATrainer,  # (c) precomputed before training, in batches of 3 (other padding)
         tmp_path,
         tokenizer,
         rows=rows,
@@ -317,7 +283,7 @@ def test_every_reference_source_gives_the_same_reference_log_probs(tmp_path, tok
 
 def test_precomputed_reference_log_probs_are_cached_and_reused(tmp_path, tokenizer, monkeypatch):
     cache = tmp_path / "cache"
-    rows = cda_rows(4, num_negatives=2)
+    rows = triplet_rows(4, num_negatives=2)
     options = dict(precompute_ref_log_probs=True, ref_log_probs_cache_dir=str(cache))
     calls = []
     role_log_probs = CDATrainer.role_log_probs
@@ -327,7 +293,7 @@ def test_precomputed_reference_log_probs_are_cached_and_reused(tmp_path, tokeniz
         return role_log_probs(self, *args, **kwargs)
 
     monkeypatch.setattr(CDATrainer, "role_log_probs", counting)
-    first = make_trainer(tmp_path, tokenizer, rows=rows, **options)
+    first = make_trainer(CDATrainer, tmp_path, tokenizer, rows=rows, **options)
     files = sorted(cache.glob("*.json"))
     assert len(files) == 1 and len(calls) == 2  # two eval batches of 2
     stored = json.loads(files[0].read_text())
@@ -336,21 +302,21 @@ def test_precomputed_reference_log_probs_are_cached_and_reused(tmp_path, tokeniz
     mtime = files[0].stat().st_mtime_ns
 
     calls.clear()  # same data, same (freshly built) model: read from the cache
-    second = make_trainer(tmp_path, tokenizer, rows=cda_rows(4, num_negatives=2), **options)
+    second = make_trainer(CDATrainer, tmp_path, tokenizer, rows=triplet_rows(4, num_negatives=2), **options)
     assert calls == []
     assert sorted(cache.glob("*.json")) == files and files[0].stat().st_mtime_ns == mtime
     for spec in REFERENCE_PAIRS:
         assert second.train_dataset[spec.name] == first.train_dataset[spec.name]
 
-    changed = cda_rows(4, num_negatives=2)  # other data: another key, computed again
+    changed = triplet_rows(4, num_negatives=2)  # other data: another key, computed again
     changed[3]["pos"] = "Something else entirely."
-    third = make_trainer(tmp_path, tokenizer, rows=changed, **options)
+    third = make_trainer(CDATrainer, tmp_path, tokenizer, rows=changed, **options)
     assert len(calls) == 2 and len(list(cache.glob("*.json"))) == 2
     assert third.train_dataset[pos_column][:3] == pytest.approx(first.train_dataset[pos_column][:3], rel=1e-5)
     assert third.train_dataset[pos_column][3] != pytest.approx(first.train_dataset[pos_column][3], abs=1e-3)
 
     calls.clear()  # other weights: another key
-    make_trainer(tmp_path, tokenizer, rows=rows, seed=1, **options)
+    make_trainer(CDATrainer, tmp_path, tokenizer, rows=rows, model_seed=1, **options)
     assert len(calls) == 2 and len(list(cache.glob("*.json"))) == 3
 
 
@@ -358,8 +324,8 @@ def test_precomputed_reference_log_probs_are_cached_and_reused(tmp_path, tokeniz
 
 
 def test_full_fine_tuning_gradients_reach_the_encoder_only(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer)
-    batch = trainer.data_collator(cda_rows(2, num_negatives=2))
+    trainer = make_trainer(CDATrainer, tmp_path, tokenizer)
+    batch = trainer.data_collator(triplet_rows(2, num_negatives=2))
     trainer.compute_loss(trainer.model, batch).backward()
     decoder, reference = trainer.frozen_decoder.model, trainer.reference.model
     assert decoder is not None and decoder is not trainer.model and reference is not trainer.model
@@ -382,7 +348,7 @@ def two_adapter_trainer(tmp_path, tokenizer, rows=None, **overrides) -> tuple[CD
     stage1_only = copy.deepcopy(stage1)
     trainer = CDATrainer(
         model=stage1,
-        args=cda_args(tmp_path, **overrides),
+        args=make_config(CDAConfig, tmp_path, **overrides),
         train_dataset=None if rows is None else Dataset.from_list(rows),
         processing_class=tok,
         peft_config=lora(),
@@ -399,7 +365,7 @@ def test_two_adapters_train_align_only_and_reference_is_base_plus_stage1(tmp_pat
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".align." in name for name in trainable)
 
-    batch = trainer.data_collator(cda_rows(2, num_negatives=2))
+    batch = trainer.data_collator(triplet_rows(2, num_negatives=2))
     trainer.compute_loss(model, batch).backward()  # first step after init
     with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
     assert with_grad == set(trainable)
@@ -432,7 +398,7 @@ def test_two_adapters_train_align_only_and_reference_is_base_plus_stage1(tmp_pat
 
 
 def test_stage1_adapter_stays_frozen_across_steps(tmp_path, tokenizer):
-    rows = cda_rows(4)
+    rows = triplet_rows(4)
     trainer, _ = two_adapter_trainer(tmp_path, tokenizer, rows=rows, max_steps=2, learning_rate=1e-2)
     model = trainer.model
     stage1_weights = {name: p.detach().clone() for name, p in model.named_parameters() if ".default." in name}
@@ -453,8 +419,9 @@ def test_stage1_adapter_stays_frozen_across_steps(tmp_path, tokenizer):
 
 
 def test_loss_falls_when_overfitting_and_metrics_are_logged(tmp_path, tokenizer):
-    rows = cda_rows(16)
+    rows = triplet_rows(16)
     trainer = make_trainer(
+        CDATrainer,
         tmp_path,
         tokenizer,
         rows=rows,
@@ -486,8 +453,8 @@ def test_loss_falls_when_overfitting_and_metrics_are_logged(tmp_path, tokenizer)
 
 
 def test_evaluate_returns_the_cda_metrics(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, rows=cda_rows(2))
-    metrics = trainer.evaluate(Dataset.from_list(cda_rows(2)))
+    trainer = make_trainer(CDATrainer, tmp_path, tokenizer, rows=triplet_rows(2))
+    metrics = trainer.evaluate(Dataset.from_list(triplet_rows(2)))
     assert math.isfinite(metrics["eval_loss"])
     for key in METRICS:
         assert f"eval_{key}" in metrics, key
@@ -496,29 +463,31 @@ def test_evaluate_returns_the_cda_metrics(tmp_path, tokenizer):
 def test_evaluate_a_new_dataset_with_precomputed_reference(tmp_path, tokenizer):
     """The released reference copy cannot score a new dataset: a clear error, not a KeyError in the collator."""
     trainer = make_trainer(
+        CDATrainer,
         tmp_path,
         tokenizer,
-        rows=cda_rows(2),
+        rows=triplet_rows(2),
         precompute_ref_log_probs=True,
         ref_log_probs_cache_dir=str(tmp_path / "cache"),
     )
     assert trainer.reference is None
     with pytest.raises(ValueError, match="no precomputed reference log-probs"):
-        trainer.evaluate(Dataset.from_list(cda_rows(3)[1:]))
+        trainer.evaluate(Dataset.from_list(triplet_rows(3)[1:]))
 
 
 def test_evaluate_a_new_dataset_with_precomputed_reference_from_an_adapter(tmp_path, tokenizer):
     """A PEFT reference costs nothing to keep, so a new evaluation dataset gets its reference columns."""
     trainer = make_trainer(
+        CDATrainer,
         tmp_path,
         tokenizer,
-        rows=cda_rows(2),
+        rows=triplet_rows(2),
         precompute_ref_log_probs=True,
         ref_log_probs_cache_dir=str(tmp_path / "cache"),
         peft_config=lora(),
     )
     assert trainer.reference.shares_policy_weights
-    metrics = trainer.evaluate(Dataset.from_list(cda_rows(3)[1:]))
+    metrics = trainer.evaluate(Dataset.from_list(triplet_rows(3)[1:]))
     assert math.isfinite(metrics["eval_loss"])
 
 
@@ -544,9 +513,10 @@ def strategy_combinations() -> list:
 @pytest.mark.parametrize(("strategy", "similarity", "bound"), strategy_combinations())
 def test_every_strategy_similarity_and_bound_trains_one_step(tmp_path, tokenizer, strategy, similarity, bound):
     trainer = make_trainer(
+        CDATrainer,
         tmp_path,
         tokenizer,
-        rows=cda_rows(1, num_negatives=2),
+        rows=triplet_rows(1, num_negatives=2),
         per_device_train_batch_size=1,
         strategy=strategy,
         similarity=similarity,
@@ -600,7 +570,9 @@ def stage1_checkpoint(tmp_path_factory, _session_tokenizer):
 
 def test_decoder_is_the_original_llm_not_the_stage1_checkpoint(tmp_path, stage1_checkpoint):
     base_dir, stage1_dir = stage1_checkpoint
-    trainer = CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path), train_dataset=Dataset.from_list(cda_rows(2)))
+    trainer = CDATrainer(
+        model=str(stage1_dir), args=make_config(CDAConfig, tmp_path), train_dataset=Dataset.from_list(triplet_rows(2))
+    )
     assert trainer.encoder_settings.base_model_name_or_path == str(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir).state_dict()
     stage1 = AutoModelForCausalLM.from_pretrained(stage1_dir).state_dict()
@@ -624,32 +596,32 @@ def test_decoder_is_the_original_llm_not_the_stage1_checkpoint(tmp_path, stage1_
 
 
 def test_missing_neg_column_is_an_error(tmp_path, tokenizer):
-    rows = [{"query": row["query"], "pos": row["pos"]} for row in cda_rows(3)]
+    rows = [{"query": row["query"], "pos": row["pos"]} for row in triplet_rows(3)]
     with pytest.raises(DataValidationError, match=r"train_dataset is missing column\(s\) \['neg'\]"):
-        make_trainer(tmp_path, tokenizer, rows=rows)
+        make_trainer(CDATrainer, tmp_path, tokenizer, rows=rows)
 
 
 def test_empty_negative_list_names_column_and_row(tmp_path, tokenizer):
-    rows = cda_rows(4)
+    rows = triplet_rows(4)
     rows[2]["neg"] = []
     with pytest.raises(DataValidationError, match=r"Column 'neg', row 2"):
-        make_trainer(tmp_path, tokenizer, rows=rows)
-    eval_rows = cda_rows(2)
+        make_trainer(CDATrainer, tmp_path, tokenizer, rows=rows)
+    eval_rows = triplet_rows(2)
     eval_rows[1]["query"] = "   "
     with pytest.raises(DataValidationError, match=r"Column 'query', row 1: empty text"):
-        make_trainer(tmp_path, tokenizer, rows=cda_rows(2), eval_rows=eval_rows)
+        make_trainer(CDATrainer, tmp_path, tokenizer, rows=triplet_rows(2), eval_rows=eval_rows)
 
 
 def test_compress_token_count_mismatch_with_stage1_checkpoint(tmp_path, stage1_checkpoint):
     _, stage1_dir = stage1_checkpoint
     expected = rf"num_compress_tokens=3 differs from the checkpoint .*trained with num_compress_tokens={K}"
     with pytest.raises(ValueError, match=expected):
-        CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, num_compress_tokens=3))
+        CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, num_compress_tokens=3))
     loaded = AutoModelForCausalLM.from_pretrained(stage1_dir)  # a loaded model object is checked too
     with pytest.raises(ValueError, match=rf"Set num_compress_tokens={K} or leave it unset"):
         CDATrainer(
             model=loaded,
-            args=cda_args(tmp_path, num_compress_tokens=3),
+            args=make_config(CDAConfig, tmp_path, num_compress_tokens=3),
             processing_class=AutoTokenizer.from_pretrained(stage1_dir),
         )
 
@@ -659,14 +631,16 @@ def test_checkpoint_settings_take_set_lengths_and_refuse_other_layouts(tmp_path,
     error naming the option and the saved value; the same value set explicitly is fine."""
     _, stage1_dir = stage1_checkpoint
     saved = EncoderSettings.load(stage1_dir)
-    trainer = CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, max_text_length=4, max_instruction_length=40))
+    trainer = CDATrainer(
+        model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, max_text_length=4, max_instruction_length=40)
+    )
     assert trainer.encoder_settings == replace(saved, max_text_length=4, max_instruction_length=40)
-    trainer.data_collator(cda_rows(1))
+    trainer.data_collator(triplet_rows(1))
     assert trainer.data_collator.truncations["text"] > 0  # the new length is the one in use
     unset = {"max_text_length": None, "max_instruction_length": None}
-    assert CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, **unset)).encoder_settings == saved
+    assert CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, **unset)).encoder_settings == saved
     same = {"template": saved.template, "pooling": saved.pooling, "add_bos": saved.add_bos}
-    CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, **same))
+    CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, **same))
     continued = CompressionTrainer(
         model=str(stage1_dir),
         args=CompressionConfig(output_dir=str(tmp_path / "again"), max_text_length=16, **QUIET_CPU_RUN),
@@ -682,7 +656,7 @@ def test_checkpoint_settings_take_set_lengths_and_refuse_other_layouts(tmp_path,
     ]
     for options, pattern in refused:
         with pytest.raises(ValueError, match=pattern + ".*leave it unset"):
-            CDATrainer(model=str(stage1_dir), args=cda_args(tmp_path, **options))
+            CDATrainer(model=str(stage1_dir), args=make_config(CDAConfig, tmp_path, **options))
 
 
 def test_retrieval_instructions_are_the_papers():
@@ -708,18 +682,21 @@ def test_a_list_of_positives_gives_one_row_per_positive_or_its_first(tmp_path, t
     ]
     first = one_positive_per_row(Dataset.from_list(LIST_ROWS), "first")
     assert first["pos"] == ["A cat is content.", "A dog is loud."]
-    strings = Dataset.from_list(cda_rows(2))
+    strings = Dataset.from_list(triplet_rows(2))
     assert one_positive_per_row(strings) is strings
 
-    trainer = make_trainer(tmp_path, tokenizer, rows=LIST_ROWS, eval_rows=LIST_ROWS)
+    trainer = make_trainer(CDATrainer, tmp_path, tokenizer, rows=LIST_ROWS, eval_rows=LIST_ROWS)
     assert trainer.train_dataset["pos"] == each["pos"] and trainer.eval_dataset["pos"] == each["pos"]
     assert trainer.train().training_loss > 0
     with pytest.raises(DataValidationError, match=r"Column 'pos', row 1: 2 positives.*one_positive_per_row"):
         trainer.data_collator(LIST_ROWS)
-    assert make_trainer(tmp_path, tokenizer, rows=LIST_ROWS, positives="first").train_dataset["pos"] == first["pos"]
+    assert (
+        make_trainer(CDATrainer, tmp_path, tokenizer, rows=LIST_ROWS, positives="first").train_dataset["pos"]
+        == first["pos"]
+    )
     bad = [dict(LIST_ROWS[0]), dict(LIST_ROWS[1], pos=[])]
     with pytest.raises(DataValidationError, match=r"Column 'pos', row 1: expected a string or a non-empty list"):
-        make_trainer(tmp_path, tokenizer, rows=bad)
+        make_trainer(CDATrainer, tmp_path, tokenizer, rows=bad)
 
 
 @pytest.mark.parametrize(
@@ -743,7 +720,7 @@ def test_a_list_of_positives_gives_one_row_per_positive_or_its_first(tmp_path, t
 )
 def test_invalid_options_raise_at_config_creation(tmp_path, option, pattern):
     with pytest.raises(ValueError, match=pattern):
-        cda_args(tmp_path, **option)
+        make_config(CDAConfig, tmp_path, **option)
 
 
 # ---- 10. the real model, stage 1 then stage 2 ----------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset
-from helpers import QUIET_CPU_RUN, make_tiny_model
+from helpers import QUIET_CPU_RUN, make_config, make_tiny_model
 from multiprocess_worker import (
     NUM_COMPRESS_TOKENS,
     build_trainer,
@@ -94,20 +96,24 @@ def base_model_dir(tmp_path, tokenizer):
     return path
 
 
+def checkpointing_config(config_class: type, output_dir: Path):
+    """2 steps at batch 2 with a checkpoint at step 2 (the tiny runs whose folders the tests below continue)."""
+    return make_config(
+        config_class,
+        output_dir,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        learning_rate=1e-2,
+        num_compress_tokens=NUM_COMPRESS_TOKENS,
+    )
+
+
 def stage1_folders(tmp_path, base_model_dir, peft_config=None) -> dict[str, str]:
     """Run stage 1 with a checkpoint at step 2; return its checkpoint-2, a final merged and a final adapter save."""
-    args = CompressionConfig(
-        **{
-            **QUIET_CPU_RUN,
-            "output_dir": str(tmp_path / "stage1"),
-            "per_device_train_batch_size": 2,
-            "max_steps": 2,
-            "save_strategy": "steps",
-            "save_steps": 2,
-            "learning_rate": 1e-2,
-            "num_compress_tokens": NUM_COMPRESS_TOKENS,
-        }
-    )
+    args = checkpointing_config(CompressionConfig, tmp_path / "stage1")
     trainer = CompressionTrainer(
         model=str(base_model_dir),
         args=args,
@@ -232,3 +238,26 @@ def test_align_command_accepts_an_adapter_checkpoint(tmp_path, base_model_dir):
         ]
     )
     assert load_encoder(output).settings.num_compress_tokens == NUM_COMPRESS_TOKENS
+
+
+def test_two_adapter_checkpoint_loads_both_adapters_and_continues(tmp_path, base_model_dir):
+    """LoRA through both stages: stage 1's adapter trains the compress-token rows, stage 2 adds 'align'. Its
+    adapter-only checkpoint-N (PEFT puts 'align' in a subfolder) loads with both adapters active and continues."""
+    folders = stage1_folders(tmp_path, base_model_dir, lora())
+    args = checkpointing_config(CDAConfig, tmp_path / "stage2")
+    stage2 = CDATrainer(
+        model=folders["final-adapter"], args=args, train_dataset=Dataset.from_list(triplet_rows()), peft_config=lora()
+    )
+    stage2.train()
+    checkpoint = tmp_path / "stage2" / "checkpoint-2"
+    assert (checkpoint / "align" / "adapter_config.json").is_file()
+    expected = embeddings_of(stage2.model, stage2.processing_class, stage2.encoder_settings)
+    loaded = load_encoder(checkpoint)
+    assert sorted(loaded.model.base_model.active_adapters) == ["align", "default"]
+    torch.testing.assert_close(
+        embeddings_of(loaded.model, loaded.tokenizer, loaded.settings), expected, atol=1e-6, rtol=0
+    )
+    args.output_dir = str(tmp_path / "again")
+    again = CDATrainer(model=str(checkpoint), args=args)
+    trainable = [name for name, parameter in again.model.named_parameters() if parameter.requires_grad]
+    assert trainable and all(".align." in name for name in trainable)

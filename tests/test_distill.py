@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
 from datasets import Dataset
-from helpers import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model, requires_shared_data
+from helpers import (
+    QUIET_CPU_RUN,
+    SHARED_DATA,
+    TINY_RUNS,
+    distill_rows,
+    make_config,
+    make_tiny_model,
+    make_trainer,
+    requires_shared_data,
+)
 from peft import LoraConfig
 from sentence_transformers import SentenceTransformer
 
@@ -37,58 +47,12 @@ from autoreg_embed.modeling.encoder import daap_pool, last_token_positions
 from autoreg_embed.modeling.settings import SETTINGS_FILE
 from autoreg_embed.trainers.distill_trainer import PROJECTION_FILE, input_embedding_dropout
 
-M = 3
+M = TINY_RUNS[DistillConfig]["num_compress_tokens"]
 """Soft prompts in the tests' trainers."""
 LORA_MODULES = ["q_proj", "v_proj"]
-ANIMALS = ("cat", "dog", "owl", "fox", "bee", "cow", "eel", "yak")
 
-
-def distill_rows(count: int, num_negatives: int = 0, pos: bool = False) -> list[dict]:
-    rows = []
-    for i in range(count):
-        animal = ANIMALS[i % len(ANIMALS)]
-        row = {
-            "text": f"Note {i}: the {animal} sleeps {i + 2} hours on a warm sofa." + " Really." * (i % 3),
-            "instruction": f"How long does the {animal} sleep?" if i % 4 else "",
-            "output": f"{i + 2} hours" + " of sleep" * (i % 2),
-        }
-        if pos:
-            row["pos"] = f"The {animal} rests {i + 2} hours."
-        if num_negatives:
-            row["neg"] = [f"Car {i}.{j} needs diesel" + "!" * j for j in range(num_negatives)]
-        rows.append(row)
-    return rows
-
-
-def distill_args(tmp_path, **overrides) -> DistillConfig:
-    options = dict(
-        QUIET_CPU_RUN,
-        output_dir=str(tmp_path / "distill"),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        max_steps=1,
-        learning_rate=1e-3,
-        num_compress_tokens=M,
-        max_text_length=48,
-        max_instruction_length=32,
-        teacher_targets_cache_dir=str(tmp_path / "teacher-cache"),
-    )
-    options.update(overrides)
-    return DistillConfig(**options)
-
-
-def make_trainer(
-    tmp_path, tokenizer, rows=None, seed: int = 0, peft_config=None, teacher_model=None, **overrides
-) -> DistillTrainer:
-    """A DistillTrainer on a tiny Llama; ``tokenizer`` is copied, so every trainer adds its own soft prompts."""
-    return DistillTrainer(
-        model=make_tiny_model("llama", tokenizer, seed),
-        args=distill_args(tmp_path, **overrides),
-        train_dataset=None if rows is None else Dataset.from_list(rows),
-        processing_class=copy.deepcopy(tokenizer),
-        peft_config=peft_config,
-        teacher_model=teacher_model,
-    )
+make_distill_trainer = partial(make_trainer, DistillTrainer)
+"""A DistillTrainer on a tiny Llama with the shared tiny-run options (``tokenizer`` is copied)."""
 
 
 # ---- 1. the loss components against float64 loops --------------------------------------------------------------
@@ -403,7 +367,7 @@ def row_states(model, builder: EncoderInputBuilder, text: str, instruction: str)
 @pytest.mark.parametrize("metric", ["cosine", "mse"])
 def test_compute_loss_equals_instemb_loss_of_row_by_row_states(tmp_path, tokenizer, target, metric):
     rows = distill_rows(4, num_negatives=1)
-    trainer = make_trainer(
+    trainer = make_distill_trainer(
         tmp_path,
         tokenizer,
         positive_views=["output", "teacher"],
@@ -464,7 +428,7 @@ def test_compute_loss_equals_instemb_loss_of_row_by_row_states(tmp_path, tokeniz
 
 def test_the_dropout_view_is_a_second_noisy_pass_of_the_query(tmp_path, tokenizer):
     rows = distill_rows(4)
-    trainer = make_trainer(tmp_path, tokenizer, positive_views=["dropout"], distillation_weight=0.0)
+    trainer = make_distill_trainer(tmp_path, tokenizer, positive_views=["dropout"], distillation_weight=0.0)
     batch = trainer.data_collator(rows)
     anchors = trainer.encode_batch(trainer.model, batch).last_state.detach()
     trainer.args.dropout_view_rate = 0.0  # no noise: the view is the anchor itself
@@ -487,7 +451,7 @@ def test_last_token_only_distill_equals_contrastive_trainer_with_per_row_instruc
     ContrastiveTrainer's loss on (query=text, instruction_next=question, pos=output)."""
     rows = distill_rows(4, num_negatives=1)
     options = {"num_compress_tokens": 0, "pooling": "last", "temperature": 0.1}
-    distill = make_trainer(tmp_path, tokenizer, positive_views=["output"], distillation_weight=0.0, **options)
+    distill = make_distill_trainer(tmp_path, tokenizer, positive_views=["output"], distillation_weight=0.0, **options)
     contrastive = ContrastiveTrainer(
         model=make_tiny_model("llama", tokenizer),
         args=ContrastiveConfig(
@@ -514,7 +478,7 @@ def trainable_names(model) -> set[str]:
 
 
 def test_full_fine_tuning_the_teacher_is_a_frozen_copy_and_gets_no_gradient(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer)
+    trainer = make_distill_trainer(tmp_path, tokenizer)
     teacher = trainer.teacher.model
     assert teacher is not None and not teacher.training
     assert not {p.data_ptr() for p in teacher.parameters()} & {p.data_ptr() for p in trainer.model.parameters()}
@@ -529,7 +493,7 @@ def test_full_fine_tuning_the_teacher_is_a_frozen_copy_and_gets_no_gradient(tmp_
 
 def test_frozen_backbone_moves_only_the_soft_prompt_rows(tmp_path, tokenizer):
     rows = distill_rows(8)
-    trainer = make_trainer(
+    trainer = make_distill_trainer(
         tmp_path,
         tokenizer,
         rows=rows,
@@ -563,7 +527,7 @@ def test_frozen_backbone_moves_only_the_soft_prompt_rows(tmp_path, tokenizer):
 def test_lora_trains_adapters_and_soft_prompt_rows_and_the_teacher_is_the_adapter_free_base(tmp_path, tokenizer):
     rows = distill_rows(4)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_MODULES, init_lora_weights=False)
-    trainer = make_trainer(tmp_path, tokenizer, rows=rows, peft_config=lora, learning_rate=1e-2)
+    trainer = make_distill_trainer(tmp_path, tokenizer, rows=rows, peft_config=lora, learning_rate=1e-2)
     assert trainer.teacher.model is None
     trainable = trainable_names(trainer.model)
     assert trainable and all(".lora_" in name or "trainable_tokens" in name for name in trainable)
@@ -585,7 +549,9 @@ def test_lora_trains_adapters_and_soft_prompt_rows_and_the_teacher_is_the_adapte
 def test_a_wider_explicit_teacher_gets_a_trained_projection_and_no_gradient(tmp_path, tokenizer):
     rows = distill_rows(8)
     teacher = make_tiny_model("llama", tokenizer, seed=5, hidden_size=48)
-    trainer = make_trainer(tmp_path, tokenizer, rows=rows, teacher_model=teacher, max_steps=2, save_strategy="steps")
+    trainer = make_distill_trainer(
+        tmp_path, tokenizer, rows=rows, teacher_model=teacher, max_steps=2, save_strategy="steps"
+    )
     assert trainer.teacher.model is teacher and tuple(trainer.projection.weight.shape) == (48, 32)
     before = trainer.projection.weight.detach().clone()
     teacher_before = copy.deepcopy(teacher.state_dict())
@@ -594,17 +560,17 @@ def test_a_wider_explicit_teacher_gets_a_trained_projection_and_no_gradient(tmp_
     assert not torch.equal(before, trainer.projection.weight.detach())
     assert all(torch.equal(teacher_before[name], value) for name, value in teacher.state_dict().items())
     assert all(p.grad is None for p in teacher.parameters())
-    checkpoint = tmp_path / "distill" / "checkpoint-2"
+    checkpoint = tmp_path / "out" / "checkpoint-2"
     assert (checkpoint / PROJECTION_FILE).is_file()
-    resumed = make_trainer(tmp_path, tokenizer, rows=rows, teacher_model=teacher, max_steps=2)
+    resumed = make_distill_trainer(tmp_path, tokenizer, rows=rows, teacher_model=teacher, max_steps=2)
     resumed._load_from_checkpoint(str(checkpoint))
     torch.testing.assert_close(resumed.projection.weight, trainer.projection.weight)
 
 
 def test_precomputed_teacher_targets_equal_the_live_teacher_and_are_cached(tmp_path, tokenizer, monkeypatch):
     rows = distill_rows(6)
-    live = make_trainer(tmp_path, tokenizer, rows=rows, positive_views=["output", "teacher"])
-    cached = make_trainer(
+    live = make_distill_trainer(tmp_path, tokenizer, rows=rows, positive_views=["output", "teacher"])
+    cached = make_distill_trainer(
         tmp_path, tokenizer, rows=rows, positive_views=["output", "teacher"], precompute_teacher_targets=True
     )
     assert cached.teacher is None  # the separate frozen copy is released once the targets are cached
@@ -619,7 +585,7 @@ def test_precomputed_teacher_targets_equal_the_live_teacher_and_are_cached(tmp_p
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(DistillTrainer, "compute_teacher_targets", no_teacher_pass)
-    again = make_trainer(
+    again = make_distill_trainer(
         tmp_path, tokenizer, rows=rows, positive_views=["output", "teacher"], precompute_teacher_targets=True
     )
     assert again.train_dataset["teacher_mean"] == cached.train_dataset["teacher_mean"]
@@ -632,7 +598,7 @@ def test_precomputed_teacher_targets_equal_the_live_teacher_and_are_cached(tmp_p
 
 def test_loss_falls_when_overfitting_and_every_component_is_logged(tmp_path, tokenizer):
     rows = distill_rows(16, num_negatives=1)
-    trainer = make_trainer(
+    trainer = make_distill_trainer(
         tmp_path, tokenizer, rows=rows, max_steps=-1, num_train_epochs=3, per_device_train_batch_size=8
     )
     trainer.train()
@@ -665,7 +631,7 @@ def test_training_save_model_load_and_sentence_transformers_embed_alike(tmp_path
     with SentenceTransformer(trust_remote_code=True); encode_query carries the instruction."""
     rows = distill_rows(8)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_MODULES, init_lora_weights=False) if lora else None
-    trainer = make_trainer(tmp_path, tokenizer, rows=rows, peft_config=peft_config, max_steps=2, **options)
+    trainer = make_distill_trainer(tmp_path, tokenizer, rows=rows, peft_config=peft_config, max_steps=2, **options)
     trainer.train()
     trainer.model.eval()
     final = tmp_path / "final"
@@ -693,7 +659,7 @@ def test_training_save_model_load_and_sentence_transformers_embed_alike(tmp_path
 def test_missing_output_column_is_an_error(tmp_path, tokenizer):
     rows = [{"text": row["text"], "instruction": row["instruction"]} for row in distill_rows(3)]
     with pytest.raises(DataValidationError, match=r"train_dataset is missing column\(s\) \['output'\]"):
-        make_trainer(tmp_path, tokenizer, rows=rows)
+        make_distill_trainer(tmp_path, tokenizer, rows=rows)
 
 
 @pytest.mark.parametrize(
@@ -709,23 +675,25 @@ def test_empty_strings_are_rejected_before_training(tmp_path, tokenizer, column,
     rows = distill_rows(3, num_negatives=1, pos=True)
     rows[2][column] = value
     with pytest.raises(DataValidationError, match=pattern):
-        make_trainer(tmp_path, tokenizer, rows=rows, positive_views=["output", "pos"])
+        make_distill_trainer(tmp_path, tokenizer, rows=rows, positive_views=["output", "pos"])
 
 
 def test_empty_or_missing_instructions_are_allowed(tmp_path, tokenizer):
     rows = distill_rows(4)
     rows[0]["instruction"] = None
     del rows[1]["instruction"]
-    trainer = make_trainer(tmp_path, tokenizer, rows=[{k: v for k, v in r.items()} for r in rows[2:]])
+    trainer = make_distill_trainer(tmp_path, tokenizer, rows=[{k: v for k, v in r.items()} for r in rows[2:]])
     with torch.no_grad():
         assert math.isfinite(trainer.compute_loss(trainer.model, trainer.data_collator(rows)).item())
 
 
 def test_views_must_match_the_columns(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="positive_views has 'pos' but train_dataset has no 'pos' column"):
-        make_trainer(tmp_path, tokenizer, rows=distill_rows(3), positive_views=["pos"])
+        make_distill_trainer(tmp_path, tokenizer, rows=distill_rows(3), positive_views=["pos"])
     with pytest.raises(ValueError, match="in_batch_negatives=False leaves each query only its own positive"):
-        make_trainer(tmp_path, tokenizer, rows=distill_rows(3), positive_views=["output"], in_batch_negatives=False)
+        make_distill_trainer(
+            tmp_path, tokenizer, rows=distill_rows(3), positive_views=["output"], in_batch_negatives=False
+        )
 
 
 @pytest.mark.parametrize(
@@ -750,13 +718,13 @@ def test_views_must_match_the_columns(tmp_path, tokenizer):
 )
 def test_invalid_options_raise_at_config_creation(tmp_path, option, pattern):
     with pytest.raises(ValueError, match=pattern):
-        distill_args(tmp_path, **option)
+        make_config(DistillConfig, tmp_path, **option)
 
 
 def test_freeze_backbone_with_a_peft_config_is_an_error(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="freeze_backbone trains the soft prompts alone"):
         lora = LoraConfig(r=2, target_modules=LORA_MODULES)
-        make_trainer(tmp_path, tokenizer, peft_config=lora, freeze_backbone=True, last_token_position="final")
+        make_distill_trainer(tmp_path, tokenizer, peft_config=lora, freeze_backbone=True, last_token_position="final")
 
 
 def test_a_checkpoint_keeps_its_layout_unless_an_option_contradicts_it(tmp_path, tokenizer):
@@ -766,19 +734,22 @@ def test_a_checkpoint_keeps_its_layout_unless_an_option_contradicts_it(tmp_path,
     settings = EncoderSettings(num_compress_tokens=M, pooling="compress_mean")
     add_compress_tokens(model, tokenizer, settings)
     autoreg_embed.export_sentence_transformer(model, tokenizer, settings, tmp_path / "stage1")
-    trainer = DistillTrainer(model=str(tmp_path / "stage1"), args=distill_args(tmp_path))
+    trainer = DistillTrainer(model=str(tmp_path / "stage1"), args=make_config(DistillConfig, tmp_path))
     saved = (trainer.encoder_settings.num_compress_tokens, trainer.encoder_settings.pooling)
     assert saved == (M, "compress_mean") and trainer.encoder_settings.last_token_position == "final"
     with pytest.raises(ValueError, match="pooling='daap' differs from the checkpoint"):
-        DistillTrainer(model=str(tmp_path / "stage1"), args=distill_args(tmp_path, pooling="daap"))
+        DistillTrainer(model=str(tmp_path / "stage1"), args=make_config(DistillConfig, tmp_path, pooling="daap"))
     settings = EncoderSettings(num_compress_tokens=0, pooling="last")
     autoreg_embed.export_sentence_transformer(make_tiny_model("llama", tokenizer), tokenizer, settings, tmp_path / "k0")
     with pytest.raises(ValueError, match="distillation_weight > 0 distils into the soft prompts"):
-        DistillTrainer(model=str(tmp_path / "k0"), args=distill_args(tmp_path, num_compress_tokens=None))
+        DistillTrainer(model=str(tmp_path / "k0"), args=make_config(DistillConfig, tmp_path, num_compress_tokens=None))
 
 
 def test_positive_views_from_a_comma_separated_string(tmp_path):
-    assert distill_args(tmp_path, positive_views="output, teacher").positive_views == ["output", "teacher"]
+    assert make_config(DistillConfig, tmp_path, positive_views="output, teacher").positive_views == [
+        "output",
+        "teacher",
+    ]
 
 
 # ---- 8. the real model (slow) -------------------------------------------------------------------------------
@@ -790,14 +761,14 @@ def test_real_smollm2_distill_lowers_the_loss_and_evaluates_instruction_retrieva
     from autoreg_embed.data import load_rows
     from autoreg_embed.evaluation import evaluate_instruction_retrieval
 
-    rows = load_rows(SHARED_DATA / "compression" / "squad2_devhalf_answerable.jsonl").select(range(24))
+    rows = load_rows(SHARED_DATA / "compression" / "squad2_devhalf_answerable.jsonl").select(range(8))
     rows = rows.rename_columns({"context": "text", "target": "output"})
     args = DistillConfig(
         **QUIET_CPU_RUN,
         output_dir=str(tmp_path / "real"),
         per_device_train_batch_size=4,
-        max_steps=6,
-        learning_rate=5e-5,
+        max_steps=8,  # 4 passes over the same 2 batches (sequential sampling): the last pass must beat the first
+        learning_rate=2e-4,
         max_text_length=96,
         teacher_targets_cache_dir=str(tmp_path / "cache"),
         precompute_teacher_targets=True,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from helpers import sts_rows, write_jsonl, write_sts_file
 from scipy.stats import pearsonr, spearmanr
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
@@ -38,7 +39,6 @@ from autoreg_embed.evaluation import (
     write_results,
 )
 
-STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sts" / "stsb_dev.jsonl"
 INV_LOG2_3 = 1 / math.log2(3)  # nDCG gain discount at rank 2
 
 
@@ -93,16 +93,6 @@ def prompts_used(model: SentenceTransformer) -> dict[str, set[str | None]]:
     return used
 
 
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
-def stsb_rows(n: int) -> list[dict[str, Any]]:
-    with STSB_DEV.open(encoding="utf-8") as lines:
-        return [json.loads(next(lines)) for _ in range(n)]
-
-
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -111,11 +101,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --- STS ---------------------------------------------------------------------------------------------------
 
 
-def test_sts_equals_spearman_of_cosines_with_document_prompt():
+def test_sts_equals_spearman_of_cosines_with_document_prompt(tmp_path):
     model = bow_model({"query": "question: ", "document": "passage: "})
-    result = evaluate_sts(model, STSB_DEV, limit=20)
+    result = evaluate_sts(model, write_sts_file(tmp_path / "sts.jsonl", 30), limit=20)
 
-    rows = stsb_rows(20)
+    rows = sts_rows(20)
     assert {prompt for prompts in prompts_used(model).values() for prompt in prompts} == {"passage: "}
     sims = cosines(
         model.encode_document([row["sentence1"] for row in rows]),
@@ -138,7 +128,7 @@ def test_sts_equals_spearman_of_cosines_with_document_prompt():
 )
 def test_sts_prompt_picked_by_mteb(prompts, expected):
     model = bow_model(prompts)
-    rows = stsb_rows(5)
+    rows = sts_rows(5)
     evaluate_sts(model, rows)
     assert set(prompts_used(model)) == {row["sentence1"] for row in rows} | {row["sentence2"] for row in rows}
     assert all(used == {expected} for used in prompts_used(model).values())
@@ -146,12 +136,12 @@ def test_sts_prompt_picked_by_mteb(prompts, expected):
 
 # mteb warns that it ignores prompt names like "paraphrase" (not an mteb task name, type or prompt type).
 @pytest.mark.filterwarnings("ignore:Task name paraphrase is not valid", "ignore:Some prompts are not in the")
-def test_sts_named_prompt():
+def test_sts_named_prompt(tmp_path):
     model = bow_model({"query": "q: ", "document": "d: ", "paraphrase": "same meaning: "})
-    result = evaluate_sts(model, STSB_DEV, prompt_name="paraphrase", limit=20)
+    result = evaluate_sts(model, write_sts_file(tmp_path / "sts.jsonl", 30), prompt_name="paraphrase", limit=20)
     assert all(used == {"same meaning: "} for used in prompts_used(model).values())
 
-    rows = stsb_rows(20)
+    rows = sts_rows(20)
     sims = cosines(
         model.encode([row["sentence1"] for row in rows], prompt_name="paraphrase"),
         model.encode([row["sentence2"] for row in rows], prompt_name="paraphrase"),
@@ -167,13 +157,15 @@ def test_sts_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="STS file not found"):
         evaluate_sts(bow_model(), tmp_path / "missing.jsonl")
     path = write_jsonl(tmp_path / "no_score.jsonl", [good, {"sentence1": "a", "sentence2": "b"}])
-    with pytest.raises(ValueError, match=r"no_score.jsonl, row 2: missing column 'score'"):
+    with pytest.raises(ValueError, match=r"no_score.jsonl, line 2: missing column 'score'"):
         load_sts_rows(path)
     path = write_jsonl(tmp_path / "text_score.jsonl", [{**good, "score": "high"}, good])
-    with pytest.raises(ValueError, match=r"row 1: column 'score' must be a finite number, got 'high'"):
+    with pytest.raises(
+        ValueError, match=r"text_score.jsonl, line 1: column 'score' must be a finite number, got 'high'"
+    ):
         load_sts_rows(path)
     (tmp_path / "broken.jsonl").write_text(json.dumps(good) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken.jsonl, row 2: invalid JSON"):
+    with pytest.raises(ValueError, match=r"broken.jsonl, line 2: invalid JSON"):
         load_sts_rows(tmp_path / "broken.jsonl")
     with pytest.raises(ValueError, match=r"row 3: missing column 'sentence2'"):
         load_sts_rows([good, good, {"sentence1": "a", "score": 2}])
@@ -253,23 +245,23 @@ def test_retrieval_bad_input(tmp_path):
     assert split["relevant_docs"] == {"q1": {"2": 1}}
 
     folder = write_beir(tmp_path / "unknown_doc", corpus, queries, [("q1", "d1", 1), ("q1", "d9", 1)])
-    with pytest.raises(ValueError, match=r"qrels.tsv, row 3: corpus-id 'd9' is not in corpus.jsonl"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 3: corpus-id 'd9' is not in corpus.jsonl"):
         evaluate_retrieval(bow_model(), folder)
     folder = write_beir(tmp_path / "unknown_query", corpus, queries, [("q7", "d1", 1)])
-    with pytest.raises(ValueError, match=r"row 2: query-id 'q7' is not in queries.jsonl"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 2: query-id 'q7' is not in queries.jsonl"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "float_score", corpus, queries, [("q1", "d1", 0.5)])
-    with pytest.raises(ValueError, match=r"row 2: score '0.5' is not an integer"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 2: score '0.5' is not an integer"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "no_text", [*corpus, {"_id": "d3", "body": "z"}], queries, [])
-    with pytest.raises(ValueError, match=r"corpus.jsonl, row 3: missing column 'text'"):
+    with pytest.raises(ValueError, match=r"corpus.jsonl, line 3: missing column 'text'"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "duplicate", [*corpus, {"_id": "d1", "text": "z"}], queries, [])
-    with pytest.raises(ValueError, match=r"row 3: duplicate _id 'd1'"):
+    with pytest.raises(ValueError, match=r"corpus.jsonl, line 3: duplicate _id 'd1'"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "header", corpus, queries, [("q1", "d1", 1)])
     (folder / "qrels.tsv").write_text("qid docid rel\nq1\td1\t1\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="row 1: expected the header"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 1: expected the header"):
         load_beir_folder(folder)
     (folder / "qrels.tsv").unlink()
     with pytest.raises(FileNotFoundError, match="qrels not found"):
@@ -325,7 +317,7 @@ def test_instruction_retrieval_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="instruction-retrieval file not found"):
         load_instruction_retrieval_rows(tmp_path / "missing.jsonl")
     path = write_jsonl(tmp_path / "bad.jsonl", [INSTRUCTION_ROWS[0], {"context": "c", "instruction": "q"}])
-    with pytest.raises(ValueError, match=r"bad.jsonl, row 2: missing column 'target'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: missing column 'target'"):
         load_instruction_retrieval_rows(path)
     with pytest.raises(ValueError, match=r"row 2: column 'instruction' must be a non-empty string"):
         load_instruction_retrieval_rows([INSTRUCTION_ROWS[0], {**INSTRUCTION_ROWS[1], "instruction": " "}])
@@ -345,7 +337,7 @@ def test_mteb_task_names_resolve_offline_and_unknown_names_suggest_a_match():
 
 def test_evaluate_mteb_runs_task_objects_and_writes_mteb_results(tmp_path):
     model = bow_model({"query": "q: ", "document": "d: "})
-    rows = load_sts_rows(STSB_DEV, limit=20)
+    rows = load_sts_rows(write_sts_file(tmp_path / "sts.jsonl", 30), limit=20)
     scores = evaluate_mteb(model, [LocalSTSTask(rows)], output_folder=tmp_path / "mteb")
     assert scores == {"LocalSTS": pytest.approx(evaluate_sts(model, rows)["spearman"])}
     assert len(list((tmp_path / "mteb").rglob("LocalSTS.json"))) == 1

@@ -10,9 +10,9 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import make_tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from autoreg_embed import CompressionConfig, CompressionTrainer, load_encoder
 from autoreg_embed.cli import main
@@ -30,20 +30,8 @@ def llama2_style_dir(tmp_path_factory) -> Path:
     bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     assert tokenizer.pad_token is None
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=None,
-    )
     path = tmp_path_factory.mktemp("llama2-style")
-    LlamaForCausalLM(config).save_pretrained(path)
+    make_tiny_model("llama", tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

@@ -42,7 +42,7 @@ from autoreg_embed.sentence_transformers import (
     baseline,
     prompts_from_instructions,
 )
-from autoreg_embed.sentence_transformers.export import check_prompts
+from autoreg_embed.sentence_transformers.prompts import check_prompts
 from autoreg_embed.trainers.base_trainer import prepare_encoder
 
 TEXTS = ["A cat sits on the mat.", "Stock markets fell sharply on Monday after the announcement.", "", "Hi"]

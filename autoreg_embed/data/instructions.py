@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+InstructionPreset = Literal["sts", "retrieval"]
+"""The names of :data:`INSTRUCTION_PRESETS` (a type, so that the command line lists them as choices)."""
+
 STS_INSTRUCTION = "This sentence means in one word: “"
 """The paper's STS instruction (Table 5), ending in the typographic opening quote “."""
 
-INSTRUCTION_PRESETS: dict[str, dict[str, str]] = {
+INSTRUCTION_PRESETS: dict[InstructionPreset, dict[str, str]] = {
     "sts": {"next": STS_INSTRUCTION, "self": STS_INSTRUCTION, "prev": STS_INSTRUCTION},
     "retrieval": {
         "next": "Use one word to represent the query in a retrieval task. The word is: “",

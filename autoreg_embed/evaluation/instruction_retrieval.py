@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from autoreg_embed.evaluation._jsonl import numbered_records
+from autoreg_embed.data.files import numbered_records
 
 INSTRUCTION_RETRIEVAL_COLUMNS = ("context", "instruction", "target")
 """The fields every row needs: the text, the question (instruction) and its answer."""
@@ -60,8 +60,10 @@ def load_instruction_retrieval_rows(
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: a row is not an object, lacks a column or has an empty / non-string field (the message names
-            the row), or no context has two distinct answers.
+            the row), no context has two distinct answers, or ``limit_contexts`` < 1.
     """
+    if limit_contexts is not None and limit_contexts < 1:
+        raise ValueError(f"limit_contexts must be at least 1, got {limit_contexts}")
     source, numbered = numbered_records(path_or_rows, INSTRUCTION_RETRIEVAL_COLUMNS, "instruction-retrieval file")
     groups: dict[str, ContextQuestions] = {}
     for where, record in numbered:

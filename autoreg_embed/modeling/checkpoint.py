@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -43,7 +45,10 @@ def load_tokenizer(name_or_path: str | os.PathLike | None) -> PreTrainedTokenize
     return AutoTokenizer.from_pretrained(resolve_model_name_or_path(name_or_path))
 
 
-PAD_TOKEN_CHOICES = ("auto", "unk", "eos")
+PadTokenChoice = Literal["auto", "unk", "eos"]
+"""Which token pads a tokenizer that has no pad token (``auto``: UNK if it exists, else EOS)."""
+
+PAD_TOKEN_CHOICES: tuple[str, ...] = get_args(PadTokenChoice)
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, choice: str = "auto") -> None:
@@ -87,8 +92,10 @@ def load_encoder(
     """Load a checkpoint written by an autoreg-embed trainer (a final save or any ``checkpoint-N`` folder).
 
     A full checkpoint loads directly. An adapter checkpoint loads its base model (recorded in the settings),
-    grows the embedding matrix to the saved tokenizer, then applies the adapter (``is_trainable``: to train it
-    further). ``model_kwargs`` go to the ``from_pretrained`` call of the (base) model.
+    grows the embedding matrix to the saved tokenizer, then applies the adapter, and any further adapter saved
+    in a subfolder (LoRA through both stages: the stage-1 adapter and stage 2's ``align``), all active
+    (``is_trainable``: the newest one trains further). ``model_kwargs`` go to the ``from_pretrained`` call of the
+    (base) model.
 
     Raises:
         FileNotFoundError: the folder has no ``autoreg_embed_config.json``.
@@ -112,5 +119,46 @@ def load_encoder(
     record_original_weights(base)  # the base of an adapter is the original LLM (the decoder)
     if base.get_input_embeddings().weight.shape[0] < len(tokenizer):
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+    # PEFT saves the adapter "default" in the folder and any further one (stage 2's) in a subfolder of its name.
+    more = sorted(folder.name for folder in path.iterdir() if (folder / ADAPTER_CONFIG_FILE).is_file())
+    model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable and not more)
+    for name in more:  # all active; only the last one (the newest stage) trainable
+        with partial_token_adapters(model):
+            model.load_adapter(str(path / name), adapter_name=name, is_trainable=is_trainable and name == more[-1])
+    if more:
+        model.base_model.set_adapter(["default", *more])
+        for parameter_name, parameter in model.named_parameters():  # set_adapter marks every active adapter trainable
+            parameter.requires_grad_(is_trainable and f".{more[-1]}." in f"{parameter_name}.")
     return LoadedEncoder(model if is_trainable else model.eval(), tokenizer, settings)
+
+
+@contextlib.contextmanager
+def partial_token_adapters(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, PEFT saves and loads every adapter of ``model``, even if only some train token rows.
+
+    LoRA through both stages trains the compress-token rows in the stage-1 adapter only (PEFT's trainable tokens
+    allow one active adapter per embedding). peft (0.21) then fails to save or load the stage-2 adapter: its
+    ``TrainableTokensWrapper`` looks up a delta the adapter does not have (``KeyError:
+    'token_adapter.trainable_tokens_delta.align'``). Such an adapter has no rows there to save or load, so within
+    the block the wrapper maps it to nothing.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    patched = []
+    for module in model.modules():
+        if not isinstance(module, TrainableTokensWrapper):
+            continue
+        deltas = module.token_adapter.trainable_tokens_delta
+        save, load_map = module.adapter_state_dict, module.adapter_state_dict_load_map
+        module.adapter_state_dict = lambda name, state, save=save, deltas=deltas: (
+            save(name, state) if name in deltas else {}
+        )
+        module.adapter_state_dict_load_map = lambda name, load_map=load_map, deltas=deltas: (
+            load_map(name) if name in deltas else {}
+        )
+        patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.adapter_state_dict, module.adapter_state_dict_load_map

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from autoreg_embed.modeling.encoder import position_ids_from_mask
+from autoreg_embed.modeling.encoder import position_ids_from_mask, unwrapped
 from autoreg_embed.modeling.original import original_vocab_size
 
 
@@ -81,7 +80,7 @@ def conditional_log_probs(
             use_cache=False,
             logits_to_keep=predicting,
         ).logits
-    vocab_size = original_vocab_size(extract_model_from_parallel(decoder))
+    vocab_size = original_vocab_size(unwrapped(decoder))
     if vocab_size is not None:
         logits = logits[..., :vocab_size]
     if return_distributions:
@@ -109,7 +108,7 @@ def prefix_embeddings(model: nn.Module, prefix: torch.Tensor) -> Iterator[None]:
     def splice(_module: nn.Module, _args: tuple, embeddings: torch.Tensor) -> torch.Tensor:
         return torch.cat([prefix.to(embeddings.dtype), embeddings[:, num_prefix:]], dim=1)
 
-    handle = extract_model_from_parallel(model).get_input_embeddings().register_forward_hook(splice)
+    handle = unwrapped(model).get_input_embeddings().register_forward_hook(splice)
     try:
         yield
     finally:

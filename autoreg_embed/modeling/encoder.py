@@ -11,10 +11,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from autoreg_embed.modeling.settings import EncoderSettings
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """``model`` without a DDP / DeepSpeed / FSDP wrapper (accelerate's ``extract_model_from_parallel``).
+
+    Without accelerate installed (an app that only loads a checkpoint to embed text) nothing can be wrapped.
+    """
+    try:
+        from accelerate.utils import extract_model_from_parallel
+    except ImportError:
+        return model
+    return extract_model_from_parallel(model)
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -49,7 +60,7 @@ def last_hidden_states(
     output is read with a forward hook, and the LM head projects a single position (``logits_to_keep=1``).
     """
     captured: list[torch.Tensor] = []
-    body = backbone_of(extract_model_from_parallel(model))
+    body = backbone_of(unwrapped(model))
     handle = body.register_forward_hook(lambda _module, _args, output: captured.append(output[0]))
     try:
         model(

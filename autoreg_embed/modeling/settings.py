@@ -57,11 +57,20 @@ class EncoderSettings:
         },
     )
     add_bos: bool = field(
-        default=True, metadata={"help": "Start every encoder input with the BOS token.", "training_option": FIXED}
+        default=True,
+        metadata={
+            "help": "Start every encoder input with the BOS token (turn off for tokenizers without BOS).",
+            "training_option": FIXED,
+        },
     )
     pooling: Pooling = field(
         default="compress_mean",
-        metadata={"help": f"Embedding pooling, one of {', '.join(POOLING_METHODS)}.", "training_option": FIXED},
+        metadata={
+            "help": "How hidden states become the embedding: compress_mean / compress_last, the mean / last of the k "
+            "compress states (paper: compress_mean); last, mean, eos: the last token, all tokens, or an appended EOS "
+            "token of an untrained prompt (k = 0).",
+            "training_option": FIXED,
+        },
     )
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)."})
     last_token_position: LastTokenPosition = field(
@@ -89,10 +98,13 @@ class EncoderSettings:
     )
     max_text_length: int = field(
         default=512,
-        metadata={"help": "Max tokens of context/query/document text (head kept).", "training_option": ADJUSTABLE},
+        metadata={
+            "help": "Tokens of context / query / document text kept (the head; truncations are counted).",
+            "training_option": ADJUSTABLE,
+        },
     )
     max_instruction_length: int = field(
-        default=512, metadata={"help": "Max tokens of instruction.", "training_option": ADJUSTABLE}
+        default=512, metadata={"help": "Tokens of instruction kept (the head).", "training_option": ADJUSTABLE}
     )
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The original LLM (the frozen decoder of both training stages)."}

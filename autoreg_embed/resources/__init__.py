@@ -9,7 +9,6 @@ _HERE = Path(__file__).resolve().parent
 QUICKSTART_FILES = {
     "compression": _HERE / "quickstart_compression.jsonl",
     "cda": _HERE / "quickstart_nli.jsonl",
-    "distill": _HERE / "quickstart_compression.jsonl",  # read as (text, instruction, output), see the distill CLI
 }
 """Built-in example sets by stage: 48 invented (context, instruction, target) rows about fictional towns, and 32
 (query, pos, neg) sentence triplets (an entailed and a contradicted sentence per premise)."""

@@ -5,23 +5,20 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field, make_dataclass, replace
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from transformers import TrainingArguments
 
-from autoreg_embed.data.instructions import INSTRUCTION_PRESETS
-from autoreg_embed.modeling.checkpoint import PAD_TOKEN_CHOICES
+from autoreg_embed.data.instructions import INSTRUCTION_PRESETS, InstructionPreset
+from autoreg_embed.modeling.checkpoint import PadTokenChoice
 from autoreg_embed.modeling.settings import FIXED, EncoderSettings, training_options
-from autoreg_embed.trainers.recipes import (
-    INSTRUCTION_TEMPLATES,
-    OFFICIAL_WARMUP,
-    RECIPES,
-    InstructionPosition,
-    Recipe,
-    recipe_template,
-)
+from autoreg_embed.options import check_choices
+from autoreg_embed.trainers.recipes import OFFICIAL_WARMUP, InstructionPosition, Recipe, recipe_template
 
 logger = logging.getLogger(__name__)
+
+ModelDtype = Literal["float32", "bfloat16", "float16", "auto"]
+"""dtypes a model can be loaded in (``auto``: the dtype stored in the checkpoint)."""
 
 
 def _layout_option_fields() -> list[tuple[str, Any, Any]]:
@@ -68,11 +65,9 @@ class EncoderTrainingConfig(EncoderLayoutOptions, TrainingArguments):
             "term, per-negative averaged loss). Options you set yourself win. See docs/cda_loss.md."
         },
     )
-    model_dtype: str | None = field(
+    model_dtype: ModelDtype | None = field(
         default=None,
-        metadata={
-            "help": "dtype to load the model in when a name is given (float32, bfloat16, auto). Default: float32."
-        },
+        metadata={"help": "dtype of the weights when the model is given by name; unset: float32."},
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
@@ -82,7 +77,7 @@ class EncoderTrainingConfig(EncoderLayoutOptions, TrainingArguments):
             "to sdpa when flash-attn is absent). The dtype is model_dtype."
         },
     )
-    pad_token: str = field(
+    pad_token: PadTokenChoice = field(
         default="auto",
         metadata={
             "help": "Pad token for a tokenizer without one (LLaMA-2, Mistral): 'auto' (UNK if it exists, else EOS), "
@@ -106,12 +101,7 @@ class EncoderTrainingConfig(EncoderLayoutOptions, TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {list(RECIPES)}, got {self.recipe!r}.")
-        if self.instruction_position is not None and self.instruction_position not in INSTRUCTION_TEMPLATES:
-            raise ValueError(
-                f"instruction_position must be one of {list(INSTRUCTION_TEMPLATES)}, got {self.instruction_position!r}."
-            )
+        check_choices(self)  # recipe, instruction_position, pooling, model_dtype, pad_token, ...
         if self.template is not None and self.instruction_position is not None:
             raise ValueError(
                 "Set either template or instruction_position (a template already places the instruction), not both."
@@ -122,8 +112,6 @@ class EncoderTrainingConfig(EncoderLayoutOptions, TrainingArguments):
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if "dtype" in (self.model_init_kwargs or {}) or "torch_dtype" in (self.model_init_kwargs or {}):
             raise ValueError("Set the model's dtype with model_dtype, not inside model_init_kwargs.")
-        if self.pad_token not in PAD_TOKEN_CHOICES:
-            raise ValueError(f"pad_token must be one of {list(PAD_TOKEN_CHOICES)}, got {self.pad_token!r}.")
         self.remove_unused_columns = False  # the collators read the raw text columns
         if self.label_names is None:
             self.label_names = []
@@ -184,16 +172,15 @@ class EncoderTrainingConfig(EncoderLayoutOptions, TrainingArguments):
 class InstructionTrainingConfig(EncoderTrainingConfig):
     """Adds the task instructions (a preset, single entries overridable) of trainers that embed text pairs."""
 
-    instructions: str = field(
-        default="sts", metadata={"help": f"Instruction preset: {sorted(INSTRUCTION_PRESETS)}; custom ones override."}
+    instructions: InstructionPreset = field(
+        default="sts",
+        metadata={"help": "Instruction preset (the paper's); instruction_next / _self / _prev override entries."},
     )
     instruction_next: str | None = field(default=None, metadata={"help": "Custom I_next (query -> relevant text)."})
     instruction_self: str | None = field(default=None, metadata={"help": "Custom I_self (text -> itself)."})
     instruction_prev: str | None = field(default=None, metadata={"help": "Custom I_prev (text -> its query)."})
 
     def __post_init__(self) -> None:
-        if self.instructions not in INSTRUCTION_PRESETS:
-            raise ValueError(f"instructions must be one of {list(INSTRUCTION_PRESETS)}, got {self.instructions!r}.")
         super().__post_init__()
         self.check_instructions(self.encoder_settings())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import shutil
@@ -21,7 +22,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from autoreg_embed.data.schema import require_columns, validate_rows
 from autoreg_embed.default_model import DEFAULT_MODEL
-from autoreg_embed.modeling.checkpoint import ensure_pad_token, load_causal_lm, load_encoder, load_tokenizer
+from autoreg_embed.modeling.checkpoint import (
+    ensure_pad_token,
+    load_causal_lm,
+    load_encoder,
+    load_tokenizer,
+    partial_token_adapters,
+)
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.encoder import EncoderOutput, encode
 from autoreg_embed.modeling.frozen import is_peft_model, preserved_trainability
@@ -29,9 +36,9 @@ from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers import (
     embedding_dimension,
     export_sentence_transformer,
-    latest_eval_metrics,
     prompts_from_instructions,
     recorded_training_stages,
+    training_stage_record,
     write_sentence_transformers_files,
 )
 from autoreg_embed.trainers.base_config import EncoderTrainingConfig, InstructionTrainingConfig
@@ -137,8 +144,11 @@ def validate_dataset(
     validate_rows(dataset, text_columns, name, optional_columns=present_optional, list_columns=list_columns)
 
 
-class AutoRegTrainer(Trainer):
-    """Base of the autoreg-embed trainers (not used directly).
+class AutoRegTrainer(Trainer, abc.ABC):
+    """Base of the autoreg-embed trainers; not for direct use (abstract: it has no loss and no collator).
+
+    Use :class:`~autoreg_embed.CompressionTrainer`, :class:`~autoreg_embed.CDATrainer` or
+    :class:`~autoreg_embed.ContrastiveTrainer`, or subclass this to write a new stage.
 
     The constructor loads the model and tokenizer when names are given, adds the compress tokens, applies
     ``peft_config``, checks every row of the datasets, and builds the default collator; subclasses say what differs
@@ -214,14 +224,15 @@ class AutoRegTrainer(Trainer):
         self._frozen_engines: list[nn.Module] = []
         self.create_frozen_roles(model, args)
 
-    def validate(self, dataset: Dataset | None, name: str) -> None:
-        """Check the columns and every row of ``dataset`` before training starts."""
+    @classmethod
+    def validate(cls, dataset: Dataset | None, name: str) -> None:
+        """Check the columns and every row of ``dataset`` (before training starts, or before a model is loaded)."""
         if dataset is None:
             return
         present = set(dataset.column_names)
-        list_columns = [*self.list_columns, *(column for column in self.optional_list_columns if column in present)]
+        list_columns = [*cls.list_columns, *(column for column in cls.optional_list_columns if column in present)]
         validate_dataset(
-            dataset, name, self.text_columns, list_columns=list_columns, optional_columns=self.optional_columns
+            dataset, name, cls.text_columns, list_columns=list_columns, optional_columns=cls.optional_columns
         )
 
     def prepare_dataset(self, dataset: Any, args: EncoderTrainingConfig) -> Any:
@@ -262,9 +273,9 @@ class AutoRegTrainer(Trainer):
             return model.to(self.accelerator.device)
         return self.accelerator.prepare_model(model, evaluation_mode=True)
 
+    @abc.abstractmethod
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig) -> Any:
         """The collator used when none is given."""
-        raise NotImplementedError
 
     def encode_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """Run the encoder on a collated batch's ``input_ids`` / ``attention_mask``.
@@ -358,13 +369,12 @@ class AutoRegTrainer(Trainer):
         return loss.detach(), None, None
 
     def _sentence_transformer_metadata(self) -> dict[str, Any]:
-        """Prompts (I_next / I_self when the trainer has instructions), stage history and eval results."""
+        """Prompts (I_next / I_self when the trainer has instructions) and the stage history for the model card."""
         model = self.accelerator.unwrap_model(self.model)
         instructions = self.instruction_texts
         return {
             "prompts": prompts_from_instructions(instructions) if instructions else None,
-            "training_stages": [*recorded_training_stages(model.name_or_path), type(self).__name__],
-            "eval_results": latest_eval_metrics(self.state.log_history),
+            "training_stages": [*recorded_training_stages(model.name_or_path), training_stage_record(self)],
         }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -374,7 +384,8 @@ class AutoRegTrainer(Trainer):
         ``SentenceTransformer(path, trust_remote_code=True)`` or ``autoreg_embed.load(path)``. Prompts are the
         trainer's I_next / I_self instructions when it has them (CDA), else the paper's STS instruction.
         """
-        super()._save(output_dir, state_dict=state_dict)
+        with partial_token_adapters(self.accelerator.unwrap_model(self.model)):
+            super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             directory = Path(output_dir or self.args.output_dir)
             self.encoder_settings.save(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -104,22 +105,39 @@ class DistillTrainer(AutoRegTrainer):
 
             kwargs["peft_config"] = TrainableTokensConfig(token_indices=[])  # filled with the soft-prompt ids
         self._teacher_model, self._teacher_processing_class = teacher_model, teacher_processing_class
-        self.args = args  # read by validate() and the collator before Trainer.__init__ sets it (to the same object)
+        self.args = args  # read by check_views() and the collator before Trainer.__init__ sets it (the same object)
+        given = inspect.signature(AutoRegTrainer.__init__).bind_partial(self, model, args, *trainer_args, **kwargs)
+        for name in ("train_dataset", "eval_dataset"):
+            self.check_views(given.arguments.get(name), name)  # before the model loads
         super().__init__(model, args, *trainer_args, **kwargs)
 
     # ---- construction ------------------------------------------------------------------------------------------
 
-    def validate(self, dataset: Dataset | None, name: str) -> None:
-        """Check every row up front; ``pos`` (when present) must be a non-empty string, and the views must fit."""
+    @classmethod
+    def validate(cls, dataset: Dataset | None, name: str) -> None:
+        """Check the columns and every row up front; ``pos`` (when present) must hold non-empty strings.
+
+        Raises:
+            DataValidationError: a missing ``text`` / ``output`` column, or an empty or non-string value (named by
+                column and row).
+        """
         super().validate(dataset, name)
-        if dataset is None:
-            return
-        has_pos = "pos" in dataset.column_names
-        if has_pos:
+        if dataset is not None and "pos" in dataset.column_names:
             from autoreg_embed.data.schema import check_text
 
             for row, value in enumerate(dataset["pos"]):
                 check_text(value, "pos", row)
+
+    def check_views(self, dataset: Dataset | None, name: str) -> None:
+        """Check that ``dataset`` has the columns the configured positive views and negatives need.
+
+        Raises:
+            ValueError: ``positive_views`` has ``pos`` but the data has no ``pos`` column, or
+                ``in_batch_negatives=False`` without a ``neg`` column.
+        """
+        if dataset is None:
+            return
+        has_pos = "pos" in dataset.column_names
         wants_pos = "pos" in self.args.positive_views and self.args.contrastive_weight > 0
         if wants_pos and not has_pos:
             raise ValueError(f"positive_views has 'pos' but {name} has no 'pos' column; add it or drop the view.")
