@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -14,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -30,8 +27,7 @@ from autoreg_embed.losses.distillation import output_span_targets as span_target
 from autoreg_embed.modeling.encoder import backbone_of, last_hidden_states
 from autoreg_embed.modeling.frozen import FrozenRole, original_decoder
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-from autoreg_embed.modeling.original import parameters_fingerprint
-from autoreg_embed.trainers.base_trainer import AutoRegTrainer
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer, precomputed_cache_file
 from autoreg_embed.trainers.contrastive_trainer import gather_with_gradient
 from autoreg_embed.trainers.distill_config import DistillConfig
 
@@ -357,14 +353,8 @@ class DistillTrainer(AutoRegTrainer):
             "positions": layout.num_compress_tokens if positions else 0,
             "tokenizer": [tokenizer.name_or_path, len(tokenizer)],
         }
-        key = [
-            hashlib.sha256(
-                json.dumps([dataset._fingerprint, parameters_fingerprint(weights), settings], sort_keys=True).encode()
-            ).hexdigest()[:24]
-        ]
-        broadcast_object_list(key, from_process=0)
         folder = Path(self.args.teacher_targets_cache_dir or cache_dir() / "teacher_targets")
-        return folder / f"{key[0]}.safetensors"
+        return precomputed_cache_file(folder, dataset, weights, settings, ".safetensors")
 
     def compute_teacher_targets(self, dataset: Dataset, split: str) -> dict[str, torch.Tensor]:
         """The teacher targets of every row of ``dataset`` (see :meth:`with_teacher_targets`), in row order,
