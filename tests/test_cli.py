@@ -347,7 +347,8 @@ def test_distill_and_instruction_retrieval_end_to_end_on_a_tiny_model(tmp_path, 
     assert "step  train_loss" in out and f"Saved the encoder to {tmp_path / 'distill'}" in out
     settings = json.loads((tmp_path / "distill" / "autoreg_embed_config.json").read_text())
     assert settings["pooling"] == "daap" and settings["num_compress_tokens"] == 2
-    assert "DistillTrainer" in (tmp_path / "distill" / "README.md").read_text()
+    card = (tmp_path / "distill" / "README.md").read_text()
+    assert "1. DistillTrainer" in card and "@inproceedings{gao2026instemb" in card  # the InstEmb citation
 
     rows = [
         {"context": f"Town {town} has {n} bridges and {n + 3} parks.", "instruction": question, "target": answer}
