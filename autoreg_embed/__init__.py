@@ -32,6 +32,8 @@ _PUBLIC_NAMES: dict[str, tuple[str, ...]] = {
         "CompressionTrainer",
         "ContrastiveConfig",
         "ContrastiveTrainer",
+        "DistillConfig",
+        "DistillTrainer",
     ),
 }
 __getattr__, __dir__, _names = lazy_exports(__name__, _PUBLIC_NAMES)
@@ -96,4 +98,10 @@ if TYPE_CHECKING:  # the names as type checkers and documentation tools see them
     )
     from autoreg_embed.trainers import (
         ContrastiveTrainer as ContrastiveTrainer,
+    )
+    from autoreg_embed.trainers import (
+        DistillConfig as DistillConfig,
+    )
+    from autoreg_embed.trainers import (
+        DistillTrainer as DistillTrainer,
     )

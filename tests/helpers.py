@@ -14,7 +14,7 @@ import pytest
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from autoreg_embed import CDAConfig, CompressionConfig, ContrastiveConfig
+from autoreg_embed import CDAConfig, CompressionConfig, ContrastiveConfig, DistillConfig
 from autoreg_embed.testing import LLAMA_STYLE_MODELS, make_tiny_model  # noqa: F401  (re-exported for the tests)
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
@@ -61,6 +61,29 @@ def triplet_rows(count: int, num_negatives: int = 1) -> list[dict[str, Any]]:
         }
         for i in range(count)
     ]
+
+
+ANIMALS = ("cat", "dog", "owl", "fox", "bee", "cow", "eel", "yak")
+"""Subjects of :func:`distill_rows`."""
+
+
+def distill_rows(count: int, num_negatives: int = 0, pos: bool = False) -> list[dict[str, Any]]:
+    """(``text``, ``instruction``, ``output``) rows, optional ``pos`` and a ``neg`` list; every fourth instruction is
+    empty, and texts and outputs differ in length."""
+    rows = []
+    for i in range(count):
+        animal = ANIMALS[i % len(ANIMALS)]
+        row = {
+            "text": f"Note {i}: the {animal} sleeps {i + 2} hours on a warm sofa." + " Really." * (i % 3),
+            "instruction": f"How long does the {animal} sleep?" if i % 4 else "",
+            "output": f"{i + 2} hours" + " of sleep" * (i % 2),
+        }
+        if pos:
+            row["pos"] = f"The {animal} rests {i + 2} hours."
+        if num_negatives:
+            row["neg"] = [f"Car {i}.{j} needs diesel" + "!" * j for j in range(num_negatives)]
+        rows.append(row)
+    return rows
 
 
 def sts_rows(count: int) -> list[dict[str, Any]]:
@@ -112,16 +135,38 @@ TINY_RUNS: dict[type, dict[str, Any]] = {
         "max_text_length": 32,
         "max_instruction_length": 32,
     },
+    DistillConfig: {
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "max_steps": 1,
+        "learning_rate": 1e-3,
+        "num_compress_tokens": 3,
+        "max_text_length": 48,
+        "max_instruction_length": 32,
+    },
 }
 """Per config class, the options of the tests' tiny runs on top of :data:`QUIET_CPU_RUN`."""
 
-TRAINER_ARGUMENTS = ("ref_model", "decoder", "peft_config", "callbacks", "data_collator", "processing_class")
+RUN_FOLDERS: dict[type, dict[str, str]] = {DistillConfig: {"teacher_targets_cache_dir": "teacher-cache"}}
+"""Per config class, options naming a folder, put under the test's ``tmp_path`` (never the user's cache)."""
+
+TRAINER_ARGUMENTS = (
+    "ref_model",
+    "decoder",
+    "teacher_model",
+    "peft_config",
+    "callbacks",
+    "data_collator",
+    "processing_class",
+)
 """Keyword arguments :func:`make_trainer` passes to the trainer rather than to its config."""
 
 
 def make_config(config_class: type, tmp_path: Path, **overrides: Any) -> Any:
     """A config of ``config_class`` for a tiny CPU run writing into ``tmp_path / "out"``; ``overrides`` win."""
-    options = {**QUIET_CPU_RUN, "output_dir": str(tmp_path / "out"), **TINY_RUNS.get(config_class, {}), **overrides}
+    folders = {option: str(tmp_path / name) for option, name in RUN_FOLDERS.get(config_class, {}).items()}
+    options = {**QUIET_CPU_RUN, "output_dir": str(tmp_path / "out"), **TINY_RUNS.get(config_class, {}), **folders}
+    options.update(overrides)
     return config_class(**options)
 
 

@@ -28,6 +28,8 @@ from autoreg_embed import (
     CompressionTrainer,
     ContrastiveConfig,
     ContrastiveTrainer,
+    DistillConfig,
+    DistillTrainer,
     EncoderSettings,
     add_compress_tokens,
     default_model_path,
@@ -63,6 +65,15 @@ def triplet_rows() -> list[dict]:
     ]
 
 
+def distill_rows() -> list[dict]:
+    """The compression rows as (text, instruction, output): outputs of 1 to 14 words."""
+    return [{"text": r["context"], "instruction": r["instruction"], "output": r["target"]} for r in compression_rows()]
+
+
+DISTILL_OPTIONS = {"positive_views": ["output", "teacher"], "gather_across_processes": True}
+"""The deterministic views (no dropout view), with the positives of all processes as in-batch negatives."""
+
+
 def lora() -> LoraConfig:
     return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
 
@@ -87,6 +98,13 @@ SCENARIOS: dict[str, tuple[type, type, Callable[[], list[dict]], dict]] = {
     "cda-two-adapter": (CDATrainer, CDAConfig, triplet_rows, {"peft_config": lora, "model": stage1_lora_model}),
     "contrastive": (ContrastiveTrainer, ContrastiveConfig, triplet_rows, {"gather_across_processes": False}),
     "contrastive-gather": (ContrastiveTrainer, ContrastiveConfig, triplet_rows, {"gather_across_processes": True}),
+    "distill": (DistillTrainer, DistillConfig, distill_rows, DISTILL_OPTIONS),
+    "distill-lora-precomputed": (
+        DistillTrainer,
+        DistillConfig,
+        distill_rows,
+        {**DISTILL_OPTIONS, "peft_config": lora, "precompute_teacher_targets": True},
+    ),
 }
 """Scenario name -> (trainer, config, rows, options); ``peft_config`` and ``model`` (given the tokenizer) are
 factories, the rest config options. The default model is a fresh tiny Llama (seed 0)."""
@@ -113,6 +131,7 @@ def build_trainer(name: str, out: Path, per_device_batch: int, accumulation: int
             "num_compress_tokens": NUM_COMPRESS_TOKENS,
             "seed": 0,
             **({"ref_log_probs_cache_dir": str(out / f"cache-{tag}")} if name == "cda-precomputed" else {}),
+            **({"teacher_targets_cache_dir": str(out / f"teacher-{tag}")} if name.startswith("distill") else {}),
             **scenario_options,
             **options,
         }

@@ -97,7 +97,7 @@ def test_stage_help_lists_own_options_first_with_defaults_and_choices(capsys):
     assert out.index("ModelArguments options") < own < out.index("transformers.TrainingArguments options")
     for option in ("--num_compress_tokens", "--max_target_length", "--use_peft", "--train_file", "--config FILE"):
         assert option in out[: out.index("transformers.TrainingArguments options")]
-    assert "--pooling {compress_mean,compress_last,last,mean,eos}" in out
+    assert "--pooling {compress_mean,compress_last,last,mean,eos,daap}" in out
     assert "--instruction_position {after_text,before_text}" in out
     no_merge = next(line for line in out.splitlines() if line.strip().startswith("--no_merge_adapter_on_save"))
     assert "Turn merge_adapter_on_save off." in no_merge and "writes merged" not in no_merge
@@ -108,7 +108,17 @@ def test_stage_help_lists_own_options_first_with_defaults_and_choices(capsys):
 
 def test_evaluate_help_lists_baseline_choices(capsys):
     assert run_cli("evaluate", "--help") == 0
-    assert "--baseline {last,mean,eos}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--baseline {last,mean,eos}" in out and "--instruction_retrieval INSTRUCTION_RETRIEVAL" in out
+
+
+def test_distill_help_lists_the_instemb_options(capsys):
+    assert run_cli("distill", "--help") == 0
+    out = capsys.readouterr().out
+    own = out[: out.index("transformers.TrainingArguments options")]
+    assert "DistillConfig options" in own and "--rename_columns" in own
+    for option in ("--positive_views", "--freeze_backbone", "--distillation_target", "--daap_combination", "--config"):
+        assert option in own
 
 
 # --- options --------------------------------------------------------------------------------------------------------
@@ -223,6 +233,34 @@ def test_user_errors_are_one_line_and_checked_before_the_model_loads(tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+def test_distill_and_instruction_retrieval_errors_are_one_line(
+    tmp_path, tiny_model_dir, capsys, no_model_loading, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    no_output = write_jsonl(tmp_path / "no_output.jsonl", [{"text": "a", "output": "b"}, {"text": "c"}])
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": "a", "output": "b"}, {"text": " ", "output": "d"}])
+    compression = write_jsonl(tmp_path / "compression.jsonl", [{"context": "a", "instruction": "q", "target": "b"}])
+    out = ["--output_dir", str(tmp_path / "out")]
+
+    message = fail(capsys, "distill", *out, "--train_file", str(no_output))
+    assert f"{no_output}, line 2: missing column 'output'" in message
+    assert f"{empty}, line 2, column 'text': empty text" in fail(capsys, "distill", *out, "--train_file", str(empty))
+    message = fail(capsys, "distill", *out, "--train_file", str(compression))
+    assert "line 1: missing column 'text'" in message
+    message = fail(capsys, "distill", *out, "--train_file", str(compression), "--rename_columns", "context")
+    assert "--rename_columns: expected old:new pairs, got 'context'" in message
+    renamed = ["--train_file", str(compression), "--rename_columns", "context:text,answer:output"]
+    assert "line 1: missing column 'output'" in fail(capsys, "distill", *out, *renamed)
+
+    bad = write_jsonl(tmp_path / "ir.jsonl", [{"context": "c", "instruction": "q", "target": ""}])
+    baseline = ["evaluate", str(tiny_model_dir), "--baseline", "last"]
+    message = fail(capsys, *baseline, "--instruction_retrieval", str(bad))
+    assert f"{bad}, line 1: column 'target' must be a non-empty string" in message
+    message = fail(capsys, *baseline, "--instruction-retrieval", "nope.jsonl")
+    assert "Instruction-retrieval file 'nope.jsonl' does not exist" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_hub_name_is_one_line(capsys, monkeypatch, tmp_path):
     from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -294,3 +332,33 @@ def test_stages_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys, mon
     assert written["results"]["sts"]["n"] == 12
     assert "| sts.spearman |" in (stage2 / "README.md").read_text()  # the model card shows the scores
     assert set(tmp_path.iterdir()) == before
+
+
+def test_distill_and_instruction_retrieval_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "distill.yaml"
+    config.write_text(
+        f"model_name_or_path: {tiny_model_dir}\noutput_dir: {tmp_path / 'distill'}\nmax_steps: 2\n"
+        "per_device_train_batch_size: 2\nreport_to: none\nuse_cpu: true\nsave_strategy: 'no'\n"
+        "num_compress_tokens: 2\npositive_views: [output, teacher]\n"
+    )
+    main(["distill", "--config", str(config), "--logging_steps", "1"])  # the quickstart rows, renamed
+    out = capsys.readouterr().out
+    assert "step  train_loss" in out and f"Saved the encoder to {tmp_path / 'distill'}" in out
+    settings = json.loads((tmp_path / "distill" / "autoreg_embed_config.json").read_text())
+    assert settings["pooling"] == "daap" and settings["num_compress_tokens"] == 2
+    card = (tmp_path / "distill" / "README.md").read_text()
+    assert "1. DistillTrainer" in card and "@inproceedings{gao2026instemb" in card  # the InstEmb citation
+
+    rows = [
+        {"context": f"Town {town} has {n} bridges and {n + 3} parks.", "instruction": question, "target": answer}
+        for town, n in (("Ash", 2), ("Elm", 5))
+        for question, answer in ((f"How many bridges in {town}?", f"{n} bridges"), ("And parks?", f"{n + 3} parks"))
+    ]
+    questions = write_jsonl(tmp_path / "questions.jsonl", rows)
+    limit = ["--instruction_retrieval_contexts", "1"]
+    main(["evaluate", str(tmp_path / "distill"), "--instruction-retrieval", str(questions), *limit])  # dash alias
+    out = capsys.readouterr().out
+    assert "instruction_retrieval.with_instruction.accuracy@1=" in out and "instruction_retrieval.gap.mrr=" in out
+    written = json.loads((tmp_path / "distill" / "eval" / "results.json").read_text())
+    assert written["results"]["instruction_retrieval"]["n_contexts"] == 1

@@ -199,6 +199,26 @@ def test_collator_without_negatives_and_with_a_single_string_negative(tokenizer)
     assert encoder_texts(batch, tokenizer)[4:] == [f"Lone negative {i}.\n{RETRIEVAL['self']}" for i in range(2)]
 
 
+def test_collator_takes_per_row_instructions_where_given(tokenizer):
+    collator = make_collator(tokenizer)
+    rows = triplet_rows(3, num_negatives=1)
+    rows[0]["instruction_next"] = "Where?"
+    rows[1]["instruction_next"] = None  # absent or None: the config's I_next
+    rows[2]["instruction_self"] = ""
+    batch = collator(rows)
+    assert encoder_texts(batch, tokenizer) == [
+        f"{rows[0]['query']}\nWhere?",
+        f"{rows[1]['query']}\n{RETRIEVAL['next']}",
+        f"{rows[2]['query']}\n{RETRIEVAL['next']}",
+        f"{rows[0]['pos']}\n{RETRIEVAL['self']}",
+        f"{rows[1]['pos']}\n{RETRIEVAL['self']}",
+        rows[2]["pos"],  # an empty instruction: the text alone
+        f"{rows[0]['neg'][0]}\n{RETRIEVAL['self']}",
+        f"{rows[1]['neg'][0]}\n{RETRIEVAL['self']}",
+        rows[2]["neg"][0],
+    ]
+
+
 def test_collator_rejects_rows_with_different_numbers_of_negatives(tokenizer):
     collator = make_collator(tokenizer)
     rows = triplet_rows(2, num_negatives=2)

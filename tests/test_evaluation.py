@@ -24,6 +24,7 @@ from sentence_transformers.base.modules.input_module import InputModule
 from autoreg_embed.evaluation import (
     PAPER_STS,
     LocalSTSTask,
+    evaluate_instruction_retrieval,
     evaluate_mteb,
     evaluate_retrieval,
     evaluate_sts,
@@ -31,6 +32,7 @@ from autoreg_embed.evaluation import (
     format_summary,
     get_mteb_tasks,
     load_beir_folder,
+    load_instruction_retrieval_rows,
     load_sts_rows,
     paper_sts_average,
     paper_sts_tasks,
@@ -267,6 +269,60 @@ def test_retrieval_bad_input(tmp_path):
     (folder / "queries.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="queries not found"):
         load_beir_folder(folder)
+
+
+# --- instruction-following retrieval -------------------------------------------------------------------------
+
+INSTRUCTION_ROWS = [
+    {"context": "first paragraph words", "instruction": "alpha ", "target": "alpha"},
+    {"context": "first paragraph words", "instruction": "beta beta gamma ", "target": "gamma"},
+    {"context": "lonely text", "instruction": "alpha ", "target": "alpha"},  # one question: nothing to rank
+    {"context": "first paragraph words", "instruction": "beta ", "target": "beta"},
+    {"context": "second paragraph", "instruction": "delta ", "target": "delta"},
+    {"context": "second paragraph", "instruction": "alpha ", "target": "alpha"},
+    {"context": "second paragraph", "instruction": "alpha ", "target": "other"},  # a repeated question: kept once
+    {"context": "same answers", "instruction": "alpha ", "target": "alpha"},  # one distinct answer: dropped
+    {"context": "same answers", "instruction": "beta ", "target": "alpha"},
+]
+
+
+def test_instruction_retrieval_rows_are_grouped_by_context():
+    groups = load_instruction_retrieval_rows(INSTRUCTION_ROWS)
+    assert [group.context for group in groups] == ["first paragraph words", "second paragraph"]
+    assert groups[0].questions == ["alpha ", "beta beta gamma ", "beta "]
+    assert groups[0].answers == ["alpha", "gamma", "beta"] and groups[0].gold == [0, 1, 2]
+    assert groups[1].answers == ["delta", "alpha"] and groups[1].gold == [0, 1]
+    assert len(load_instruction_retrieval_rows(INSTRUCTION_ROWS, limit_contexts=1)) == 1
+
+
+def test_instruction_retrieval_matches_hand_computed_ranks(tmp_path):
+    """Answers are one-hot words; a query is its question's words plus random context words. With the question,
+    the ranks are [1, 2, 1] and [1, 1] ("beta beta gamma" scores beta above its answer gamma); without it every
+    answer scores 0, and ties count against the gold answer (ranks 3, 3, 3 and 2, 2)."""
+    model = bow_model(vocab=("alpha", "beta", "gamma", "delta"))
+    path = write_jsonl(tmp_path / "qa.jsonl", INSTRUCTION_ROWS)
+    result = evaluate_instruction_retrieval(model, path, show_progress_bar=False)
+    assert result["with_instruction"] == pytest.approx({"accuracy@1": 80.0, "mrr": 90.0})
+    assert result["without_instruction"] == pytest.approx({"accuracy@1": 0.0, "mrr": 40.0})
+    assert result["gap"] == pytest.approx({"accuracy@1": 80.0, "mrr": 50.0})
+    harmonic = {2: 1.5, 3: 1 + 1 / 2 + 1 / 3}
+    assert result["chance"] == pytest.approx({"accuracy@1": 40.0, "mrr": 100 * (harmonic[3] + harmonic[2]) / 5})
+    assert (result["n_queries"], result["n_contexts"], result["mean_candidates"]) == (5, 2, pytest.approx(2.6))
+    used = prompts_used(model)
+    assert used["first paragraph words"] == {"", "alpha ", "beta beta gamma ", "beta "}
+    assert used["gamma"] == {""}  # answers are documents (no document prompt here)
+
+
+def test_instruction_retrieval_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="instruction-retrieval file not found"):
+        load_instruction_retrieval_rows(tmp_path / "missing.jsonl")
+    path = write_jsonl(tmp_path / "bad.jsonl", [INSTRUCTION_ROWS[0], {"context": "c", "instruction": "q"}])
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2: missing column 'target'"):
+        load_instruction_retrieval_rows(path)
+    with pytest.raises(ValueError, match=r"row 2: column 'instruction' must be a non-empty string"):
+        load_instruction_retrieval_rows([INSTRUCTION_ROWS[0], {**INSTRUCTION_ROWS[1], "instruction": " "}])
+    with pytest.raises(ValueError, match="no context has two questions with different answers"):
+        load_instruction_retrieval_rows(INSTRUCTION_ROWS[2:3])
 
 
 # --- mteb task names ---------------------------------------------------------------------------------------

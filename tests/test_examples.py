@@ -17,7 +17,8 @@ from autoreg_embed.sentence_transformers import PROMPTEOL_INSTRUCTION, PROMPTEOL
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-import reproduce  # noqa: E402  (an example script, importable from its folder)
+import instemb_table  # noqa: E402  (example scripts, importable from their folder)
+import reproduce  # noqa: E402
 
 
 @requires_shared_data
@@ -80,6 +81,46 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
     assert "Decoder readout gain" in table
     for name in ("learning_curve.png", "loss_curves.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@requires_shared_data
+def test_instemb_training_batches_group_questions_by_context_and_never_hold_xquad():
+    sizes = instemb_table.SIZES["small"]
+    rows = instemb_table.training_rows(SHARED_DATA / "compression", sizes, seed=0)
+    batch_size = instemb_table.BATCH_SIZE
+    assert len(rows) == (sizes.squad_batches + sizes.pubmed_batches) * batch_size
+    xquad = {json.loads(line)["context"] for line in (SHARED_DATA / "compression" / "xquad_en.jsonl").open()}
+    assert not xquad & {row["text"] for row in rows}
+    kinds = {"squad": 0, "pubmed": 0}
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        contexts = [row["text"] for row in batch]
+        if len(set(contexts)) == instemb_table.CONTEXTS_PER_BATCH:  # SQuAD: 2 contexts x 4 questions
+            kinds["squad"] += 1
+            for context in set(contexts):
+                answers = [row["output"] for row in batch if row["text"] == context]
+                assert len(answers) == instemb_table.QUESTIONS_PER_CONTEXT == len(set(answers))
+        else:  # PubMedQA: 8 abstracts
+            assert len(set(contexts)) == batch_size
+            kinds["pubmed"] += 1
+    assert kinds == {"squad": sizes.squad_batches, "pubmed": sizes.pubmed_batches}
+
+
+@requires_shared_data
+@pytest.mark.slow
+def test_instemb_table_smoke_run_writes_table_and_plot(tmp_path):
+    command = [sys.executable, str(EXAMPLES / "instemb_table.py"), "--size", "smoke", "--data", str(SHARED_DATA)]
+    subprocess.run([*command, "--output_dir", str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
+    results = json.loads((tmp_path / "results.json").read_text())
+    recipes = results["recipes"]
+    assert len(recipes) == 7 and all(-100 <= r["sts_spearman"] <= 100 for r in recipes.values())
+    for recipe in recipes.values():
+        retrieval = recipe["instruction_retrieval"]
+        assert 0 <= retrieval["with_instruction"]["accuracy@1"] <= 100 and retrieval["n_contexts"] == 2
+    assert sum(1 for r in recipes.values() if r["training"]) == 4
+    table = (tmp_path / "results.md").read_text()
+    assert "| (c) DistillTrainer, DAAP |" in table and "Training in total" in table
+    assert (tmp_path / "instemb_table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Training beyond one process: 2 gloo processes on CPU equal 1 process, and gradient accumulation weighs items.
 
 Every scenario of ``multiprocess_worker.py`` (compression, compression with LoRA, CDA with a live frozen-copy,
-an adapter-off, a two-adapter and a precomputed reference, contrastive with and without cross-process gathering)
+an adapter-off, a two-adapter and a precomputed reference, contrastive with and without cross-process gathering,
+distillation with gathering and a frozen-copy teacher or LoRA with precomputed teacher targets)
 trains 2 SGD steps over a global batch of 4 rows whose targets have 2, 3, 15 and 15 tokens: with
 ``torchrun`` (DDP over gloo; accelerate's own CPU launcher needs MPI for several processes) and with
 ``accelerate launch`` of the shipped DeepSpeed ZeRO-2 and ZeRO-3 configs forced onto 2 CPU processes (when
@@ -26,7 +27,7 @@ from multiprocess_worker import SCENARIOS, TARGET_WORDS, compression_rows, run_s
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
 DEEPSPEED_SCENARIOS = {  # config file stem -> scenarios
-    "zero2": [name for name in SCENARIOS if name != "cda-two-adapter"],
+    "zero2": [name for name in SCENARIOS if name != "cda-two-adapter" and not name.startswith("distill")],
     "zero3": ["compression", "cda-copy", "cda-precomputed", "contrastive-gather"],
 }
 """Scenarios run under DeepSpeed. ZeRO-3 leaves out LoRA: peft gathers the trainable compress-token rows of a
@@ -34,6 +35,8 @@ ZeRO-3 model on the current CUDA device, which a CPU run does not have."""
 IN_BATCH_NEGATIVES_PER_MICRO_BATCH = {"contrastive"}
 """Without gathering, each process (or micro-batch) has its own in-batch negatives: 2 processes x 2 then equal
 batch 2 x accumulation 2, not batch 4."""
+IN_BATCH_NEGATIVES = ("contrastive", "distill")
+"""Scenarios whose loss has in-batch negatives: gradient accumulation changes them by design."""
 
 
 def free_port() -> int:
@@ -97,7 +100,7 @@ def test_two_processes_equal_one_process_over_the_same_global_batch(two_processe
     assert moved > 1e-3  # the steps really changed the weights
 
 
-@pytest.mark.parametrize("name", [name for name in SCENARIOS if not name.startswith("contrastive")])
+@pytest.mark.parametrize("name", [name for name in SCENARIOS if not name.startswith(IN_BATCH_NEGATIVES)])
 def test_gradient_accumulation_equals_the_full_batch(one_process, name):
     """Batch 2 x GA 2 = batch 4, also with targets of 2, 3, 15 and 15 tokens: the loss averages over the step's
     tokens (compression) or queries (CDA), not over micro-batches. (Contrastive in-batch negatives are those of
@@ -149,3 +152,14 @@ def test_deepspeed_two_cpu_processes_equal_one_process(tmp_path, one_process, st
         assert max(float((rank0["final"][k] - rank1["final"][k]).abs().max()) for k in rank0["final"]) <= 1e-6, name
         reference = one_process[name]["ga" if name in IN_BATCH_NEGATIVES_PER_MICRO_BATCH else "batch4"]
         assert relative_difference(rank0, reference) <= 1e-5, name
+
+
+def test_precomputed_teacher_targets_are_written_once_and_shared(two_processes, one_process):
+    from safetensors.torch import load_file
+
+    files = list((two_processes / "teacher-ddp").glob("*.safetensors"))
+    assert len(files) == 1  # one cache file, written by the main process; no staging leftovers
+    single = next(two_processes.parent.glob("one-process*/teacher-batch4/*.safetensors"))
+    shared, alone = load_file(files[0]), load_file(single)
+    assert shared["teacher_mean"].shape[0] == len(compression_rows())  # every row once, in order
+    torch.testing.assert_close(shared["teacher_mean"], alone["teacher_mean"], atol=1e-5, rtol=0)

@@ -81,6 +81,29 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training rows (rows, not tokens)."}
     )
+    rename_columns: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated old:new column renames applied to the training and evaluation data, e.g. "
+            "'context:text,target:output' (compression rows as distill rows)."
+        },
+    )
+
+    def column_renames(self) -> dict[str, str]:
+        """``rename_columns`` as a mapping (empty when not set).
+
+        Raises:
+            UserError: a pair is not ``old:new``.
+        """
+        renames = {}
+        for pair in (self.rename_columns or "").split(","):
+            if not pair.strip():
+                continue
+            old, sep, new = pair.partition(":")
+            if not sep or not old.strip() or not new.strip():
+                raise UserError(f"--rename_columns: expected old:new pairs, got {pair.strip()!r}.")
+            renames[old.strip()] = new.strip()
+        return renames
 
 
 @dataclass
@@ -96,6 +119,16 @@ class EvaluateArguments:
     retrieval: str | None = field(
         default=None, metadata={"help": "BEIR-style folder (corpus.jsonl, queries.jsonl, qrels.tsv)."}
     )
+    instruction_retrieval: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of (context, instruction, target) rows with several questions per context (e.g. XQuAD): "
+            "rank each question's answer among its context's answers, with and without the question as instruction.",
+        },
+    )
+    instruction_retrieval_contexts: int | None = field(
+        default=None, metadata={"help": "Use only the first N contexts of --instruction_retrieval."}
+    )
     mteb: str | None = field(
         default=None,
         metadata={
@@ -107,7 +140,13 @@ class EvaluateArguments:
         default=None,
         metadata={"help": "Evaluate the model untrained, pooling the last token, all tokens, or an appended EOS."},
     )
-    template: str = field(default="{text}", metadata={"help": "Baseline input template with {text}, e.g. PromptEOL's."})
+    template: str = field(
+        default="{text}",
+        metadata={
+            "help": "Baseline input template with {text}, e.g. PromptEOL's; add {instruction} for "
+            "--instruction_retrieval (the question fills it)."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Texts per encoding batch."})
     output_dir: str | None = field(
         default=None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from autoreg_embed.cli.errors import UserError
@@ -128,8 +128,11 @@ def validate_data_file(
     list_columns: Sequence[str] = (),
     optional_list_columns: Sequence[str] = (),
     limit: int | None = None,
+    renames: Mapping[str, str] | None = None,
 ) -> int:
     """Check every record (the first ``limit``) of a data file; errors name the file and 1-based line.
+
+    ``renames`` (old -> new column names) apply to each record before it is checked.
 
     Returns:
         The number of records checked.
@@ -141,9 +144,14 @@ def validate_data_file(
     from autoreg_embed.data.schema import validate_records
 
     file = require_readable_file(path, "Data file")
+    renames = renames or {}
+    records = (
+        (where, {renames.get(column, column): value for column, value in record.items()})
+        for where, record in itertools.islice(read_records(file), limit)
+    )
     try:
         return validate_records(
-            itertools.islice(read_records(file), limit),
+            records,
             str(path),
             text_columns,
             optional_columns=optional_columns,

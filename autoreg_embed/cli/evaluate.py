@@ -1,4 +1,4 @@
-"""The ``evaluate`` subcommand: STS / retrieval / mteb scores of a checkpoint or of an untrained baseline.
+"""The ``evaluate`` subcommand: STS / retrieval / instruction-retrieval / mteb scores of a model.
 
 Data and task names are checked before the model loads; encoding shows a progress bar. Results are written to
 ``<folder>/eval/<name>.json`` only inside the folder the user names (the checkpoint, or ``--output_dir``), and a
@@ -17,19 +17,26 @@ from autoreg_embed.cli.errors import UserError
 RESULTS_NAME = "results"
 """Stem of the results file of a checkpoint (``<checkpoint>/eval/results.json``)."""
 
-SUMMARY = "STS / retrieval / mteb scores of a checkpoint, or of any causal LM untrained (--baseline)"
+SUMMARY = (
+    "STS / retrieval / instruction-retrieval / mteb scores of a checkpoint, or of any causal LM untrained (--baseline)"
+)
 
 
 def run_evaluate(argv: Sequence[str]) -> None:
-    """Evaluate a model on offline STS / retrieval data and/or mteb tasks; print a summary and write JSON."""
+    """Evaluate a model on offline STS / retrieval / instruction-retrieval data and/or mteb tasks; write JSON."""
     from autoreg_embed.cli.arguments import EvaluateArguments, parse_stage_arguments
 
-    usage = "%(prog)s CHECKPOINT (--sts FILE | --retrieval FOLDER | --mteb TASKS) [--OPTION VALUE ...]"
+    usage = (
+        "%(prog)s CHECKPOINT (--sts FILE | --retrieval FOLDER | --instruction_retrieval FILE | --mteb TASKS) "
+        "[--OPTION VALUE ...]"
+    )
     (args,) = parse_stage_arguments(
         (EvaluateArguments,), argv, "autoreg-embed evaluate", usage=usage, positional="model_name_or_path"
     )
-    if not (args.sts or args.retrieval or args.mteb):
-        raise UserError("Give at least one of --sts FILE, --retrieval FOLDER, --mteb TASKS.")
+    if not (args.sts or args.retrieval or args.instruction_retrieval or args.mteb):
+        raise UserError(
+            "Give at least one of --sts FILE, --retrieval FOLDER, --instruction_retrieval FILE, --mteb TASKS."
+        )
     check_model_source(args.model_name_or_path, checkpoint=not args.baseline)
     if args.output_dir:
         check_output_dir(args.output_dir)
@@ -38,6 +45,7 @@ def run_evaluate(argv: Sequence[str]) -> None:
 
     from autoreg_embed.evaluation import (
         PAPER_STS,
+        evaluate_instruction_retrieval,
         evaluate_mteb,
         evaluate_retrieval,
         evaluate_sts,
@@ -45,6 +53,7 @@ def run_evaluate(argv: Sequence[str]) -> None:
         format_summary,
         get_mteb_tasks,
         load_beir_folder,
+        load_instruction_retrieval_rows,
         load_sts_rows,
         paper_sts_average,
         read_results,
@@ -54,6 +63,9 @@ def run_evaluate(argv: Sequence[str]) -> None:
     sts_rows = load_sts_rows(require_readable_file(args.sts, "STS file"), limit=args.sts_limit) if args.sts else None
     if args.retrieval:
         load_beir_folder(args.retrieval)  # checks every file and id before the model loads
+    if args.instruction_retrieval:
+        instruction_file = require_readable_file(args.instruction_retrieval, "Instruction-retrieval file")
+        load_instruction_retrieval_rows(instruction_file, limit_contexts=args.instruction_retrieval_contexts)
     task_names = [name.strip() for name in args.mteb.split(",") if name.strip()] if args.mteb else []
     tasks = get_mteb_tasks(task_names) if task_names else None
 
@@ -64,6 +76,10 @@ def run_evaluate(argv: Sequence[str]) -> None:
         results["sts"] = evaluate_sts(model, sts_rows, **progress)
     if args.retrieval:
         results["retrieval"] = evaluate_retrieval(model, args.retrieval, **progress)
+    if args.instruction_retrieval:
+        results["instruction_retrieval"] = evaluate_instruction_retrieval(
+            model, instruction_file, limit_contexts=args.instruction_retrieval_contexts, **progress
+        )
     if tasks:
         results["mteb"] = evaluate_mteb(model, tasks, **progress)
         if PAPER_STS in task_names:

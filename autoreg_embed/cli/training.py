@@ -1,4 +1,4 @@
-"""The training subcommands (``compress``, ``align``, ``contrastive``): one :class:`TrainingStage` each.
+"""The training subcommands (``compress``, ``align``, ``contrastive``, ``distill``): one :class:`TrainingStage` each.
 
 A stage is a trainer class plus its built-in example data; adding a trainer to the command line is one more entry
 in :data:`TRAINING_STAGES`. Every stage parses ``ModelArguments`` + ``DataArguments`` + the trainer's config,
@@ -8,8 +8,8 @@ checks the output folder, the model and every data row, and only then loads the 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class TrainingStage:
         quickstart: the built-in data set used when ``--train_file`` is ``quickstart`` (a key of
             :data:`autoreg_embed.resources.QUICKSTART_FILES`; ``None``: none).
         title: title of the loss plot.
+        quickstart_renames: column renames (old -> new) that make the quickstart rows fit the trainer.
     """
 
     name: str
@@ -36,6 +37,7 @@ class TrainingStage:
     trainer: str
     quickstart: str | None
     title: str
+    quickstart_renames: Mapping[str, str] = field(default_factory=dict)
 
     def trainer_class(self) -> Any:
         """The trainer class (imports torch and transformers)."""
@@ -68,16 +70,27 @@ TRAINING_STAGES: dict[str, TrainingStage] = {
             "cda",
             "InfoNCE",
         ),
+        TrainingStage(
+            "distill",
+            "InstEmb-style instruction-aware embeddings: soft prompts, teacher distillation, multi-view InfoNCE "
+            "(rows: text, instruction, output, optional pos / neg)",
+            "autoreg_embed.trainers:DistillTrainer",
+            "compression",
+            "instruction-aware distillation",
+            quickstart_renames={"context": "text", "target": "output"},
+        ),
     )
 }
 """The training subcommands by name."""
 
 
-def load_checked_data(source: str, trainer_class: Any, limit: int | None = None) -> Any:
+def load_checked_data(
+    source: str, trainer_class: Any, limit: int | None = None, renames: Mapping[str, str] | None = None
+) -> Any:
     """Check every row of ``source`` against the trainer's columns, then load it as a ``datasets.Dataset``.
 
     A data file is checked record by record first, so errors name the file and line; a folder or hub dataset is
-    loaded first and checked by row index.
+    loaded first and checked by row index. ``renames`` (old -> new column names) apply before the check.
 
     Raises:
         UserError: a missing file or folder, a row with a missing column or a wrong type, a file ``datasets``
@@ -94,7 +107,7 @@ def load_checked_data(source: str, trainer_class: Any, limit: int | None = None)
     }
     is_file = Path(source).suffix.lower() in DATA_FILE_SUFFIXES
     if is_file:
-        validate_data_file(source, **columns, limit=limit)
+        validate_data_file(source, **columns, limit=limit, renames=renames)
     elif looks_like_local_path(source) and not Path(source).expanduser().exists():
         raise UserError(f"Data folder {source!r} does not exist.")
     try:
@@ -107,6 +120,11 @@ def load_checked_data(source: str, trainer_class: Any, limit: int | None = None)
         ) from error
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
+    if renames:
+        missing = sorted(set(renames) - set(dataset.column_names))
+        if missing:
+            raise UserError(f"--rename_columns names column(s) {missing} that {source!r} does not have.")
+        dataset = dataset.rename_columns(dict(renames))
     if not is_file:
         trainer_class.validate(dataset, source)
     return dataset
@@ -137,9 +155,13 @@ def run_training_stage(stage: TrainingStage, argv: Sequence[str]) -> None:
     )
     check_output_dir(config.output_dir)
     check_model_source(model_args.model_name_or_path)
+    renames = data_args.column_renames()
     train_source = resolve_data_path(data_args.train_file, stage.quickstart or stage.name)
-    train_dataset = load_checked_data(train_source, trainer_class, data_args.max_train_samples)
-    eval_dataset = load_checked_data(data_args.eval_file, trainer_class) if data_args.eval_file else None
+    train_renames = stage.quickstart_renames if data_args.train_file == "quickstart" and not renames else renames
+    train_dataset = load_checked_data(train_source, trainer_class, data_args.max_train_samples, train_renames)
+    eval_dataset = None
+    if data_args.eval_file:
+        eval_dataset = load_checked_data(data_args.eval_file, trainer_class, renames=renames)
     trainer = trainer_class(
         model=model_args.model_name_or_path,
         args=config,

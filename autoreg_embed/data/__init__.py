@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "autoreg_embed.data.cda_collator": ("CDACollator", "one_positive_per_row"),
         "autoreg_embed.data.collators": ("CompressionCollator", "ContrastiveCollator", "TargetBuilder"),
+        "autoreg_embed.data.distill_collator": ("DistillCollator", "TeacherInputBuilder"),
         "autoreg_embed.data.instructions": ("INSTRUCTION_PRESETS",),
         "autoreg_embed.data.loading": ("load_rows",),
         "autoreg_embed.data.schema": ("DataValidationError", "validate_rows"),
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # the names as type checkers and documentation tools see them
     from autoreg_embed.data.collators import CompressionCollator as CompressionCollator
     from autoreg_embed.data.collators import ContrastiveCollator as ContrastiveCollator
     from autoreg_embed.data.collators import TargetBuilder as TargetBuilder
+    from autoreg_embed.data.distill_collator import DistillCollator as DistillCollator
+    from autoreg_embed.data.distill_collator import TeacherInputBuilder as TeacherInputBuilder
     from autoreg_embed.data.instructions import INSTRUCTION_PRESETS as INSTRUCTION_PRESETS
     from autoreg_embed.data.loading import load_rows as load_rows
     from autoreg_embed.data.schema import DataValidationError as DataValidationError

@@ -79,11 +79,36 @@ class CompressionCollator:
         return batch
 
 
+def hard_negatives(features: Sequence[Mapping[str, Any]], column: str = "neg") -> list[list[str]]:
+    """Each row's hard negatives (a string or a list in ``column``; none if the column is absent).
+
+    Raises:
+        DataValidationError: rows of one batch with different numbers of negatives, or bad text.
+    """
+    negatives = [check_text_list(f[column], column, i) if column in f else [] for i, f in enumerate(features)]
+    counts = {len(row) for row in negatives}
+    if len(counts) > 1:
+        raise DataValidationError(
+            f"Rows of one batch have different numbers of negatives {sorted(counts)} in column '{column}'; give "
+            "every row the same number."
+        )
+    return negatives
+
+
+def row_instructions(features: Sequence[Mapping[str, Any]], column: str, default: str) -> list[str]:
+    """Each row's instruction from ``column`` where it holds a string (possibly empty), else ``default``."""
+    return [
+        default if f.get(column) is None else check_text(f[column], column, i, allow_empty=True)
+        for i, f in enumerate(features)
+    ]
+
+
 class ContrastiveCollator:
     """Rows with ``query``, ``pos`` and optionally ``neg`` (a string or a list) -> one encoder batch.
 
-    Queries get the ``query_instruction``, positives and negatives the ``document_instruction``. The rows come
-    out in the order queries (B), positives (B), negatives (B * n, row-major); ``num_negatives`` says n.
+    Queries get the ``query_instruction``, positives and negatives the ``document_instruction``; a row's optional
+    ``instruction_next`` / ``instruction_self`` columns override them for that row's query / documents. The rows
+    come out in the order queries (B), positives (B), negatives (B * n, row-major); ``num_negatives`` says n.
     """
 
     def __init__(
@@ -106,15 +131,15 @@ class ContrastiveCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         queries = [check_text(f["query"], "query", i) for i, f in enumerate(features)]
         positives = [check_text(f["pos"], "pos", i) for i, f in enumerate(features)]
-        negatives = [check_text_list(f["neg"], "neg", i) if "neg" in f else [] for i, f in enumerate(features)]
-        counts = {len(row) for row in negatives}
-        if len(counts) > 1:
-            raise DataValidationError(
-                f"Rows of one batch have different numbers of negatives {sorted(counts)} in column 'neg'; give every "
-                "row the same number."
-            )
+        negatives = hard_negatives(features)
+        query_instructions = row_instructions(features, "instruction_next", self.query_instruction)
+        document_instructions = row_instructions(features, "instruction_self", self.document_instruction)
         documents = positives + [text for row in negatives for text in row]
-        instructions = [self.query_instruction] * len(queries) + [self.document_instruction] * len(documents)
+        instructions = (
+            query_instructions
+            + document_instructions
+            + [instruction for instruction, row in zip(document_instructions, negatives, strict=True) for _ in row]
+        )
         batch = self.encoder_inputs(queries + documents, instructions, padding_side=self.padding_side)
-        batch["num_negatives"] = torch.tensor(counts.pop() if counts else 0)
+        batch["num_negatives"] = torch.tensor(len(negatives[0]) if negatives else 0)
         return batch

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,27 @@ def read_jsonl(path: Path, columns: tuple[str, ...] = ()) -> Iterator[tuple[int,
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: invalid JSON ({error.msg})") from error
             yield number, check_columns(record, columns, where)
+
+
+def numbered_records(
+    path_or_rows: str | PathLike[str] | Iterable[Mapping[str, Any]], columns: tuple[str, ...], what: str
+) -> tuple[str, Iterator[tuple[str, dict[str, Any]]]]:
+    """``(source, records)``: where the rows come from, and ``(where, record)`` pairs with every one of ``columns``.
+
+    ``path_or_rows`` is a JSONL file (``where`` = ``"<path>, line <n>"``; a missing file is a
+    ``FileNotFoundError`` naming ``what``) or the rows themselves (``where`` = ``"row <1-based position>"``).
+
+    Raises:
+        FileNotFoundError: ``path_or_rows`` names no file.
+        ValueError: invalid JSON, a record that is not an object, or one lacking one of ``columns`` (named).
+    """
+    if isinstance(path_or_rows, (str, PathLike)):
+        path = Path(path_or_rows)
+        require_file(path, what)
+        return str(path), ((f"{path}, line {line}", record) for line, record in read_jsonl(path, columns))
+    return "the given rows", (
+        (f"row {row}", check_columns(record, columns, f"row {row}")) for row, record in enumerate(path_or_rows, start=1)
+    )
 
 
 def _json_array_records(path: Path) -> Iterator[tuple[str, Any]]:

@@ -1,4 +1,4 @@
-"""Evaluating embedding models: offline STS and BEIR-folder retrieval, mteb benchmark tasks, result files.
+"""Evaluating embedding models: offline STS, BEIR-folder and instruction-following retrieval, mteb tasks, results.
 
 Everything runs through mteb's evaluators, so local and benchmark numbers are computed the same way. mteb is an
 optional dependency: ``pip install 'autoreg-embed[eval]'``.
@@ -22,6 +22,10 @@ if importlib.util.find_spec("mteb") is None:
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
+        "autoreg_embed.evaluation.instruction_retrieval": (
+            "evaluate_instruction_retrieval",
+            "load_instruction_retrieval_rows",
+        ),
         "autoreg_embed.evaluation.mteb_tasks": ("evaluate_mteb", "get_mteb_tasks"),
         "autoreg_embed.evaluation.paper_sts": ("PAPER_STS", "format_paper_sts", "paper_sts_average", "paper_sts_tasks"),
         "autoreg_embed.evaluation.results": ("format_summary", "read_results", "write_results"),
@@ -31,6 +35,12 @@ __getattr__, __dir__, __all__ = lazy_exports(
 )
 
 if TYPE_CHECKING:  # the names as type checkers and documentation tools see them
+    from autoreg_embed.evaluation.instruction_retrieval import (
+        evaluate_instruction_retrieval as evaluate_instruction_retrieval,
+    )
+    from autoreg_embed.evaluation.instruction_retrieval import (
+        load_instruction_retrieval_rows as load_instruction_retrieval_rows,
+    )
     from autoreg_embed.evaluation.mteb_tasks import evaluate_mteb as evaluate_mteb
     from autoreg_embed.evaluation.mteb_tasks import get_mteb_tasks as get_mteb_tasks
     from autoreg_embed.evaluation.paper_sts import PAPER_STS as PAPER_STS

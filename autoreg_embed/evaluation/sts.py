@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict
@@ -19,7 +18,7 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 from mteb.types import PromptType
 from sentence_transformers import SentenceTransformer
 
-from autoreg_embed.data.files import check_columns, read_jsonl, require_file
+from autoreg_embed.data.files import numbered_records
 from autoreg_embed.evaluation.mteb_tasks import Encoder, run_local_task
 
 STS_COLUMNS = ("sentence1", "sentence2", "score")
@@ -66,17 +65,7 @@ def load_sts_rows(
     """
     if limit is not None and limit < 2:
         raise ValueError(f"limit must be at least 2 (a correlation needs two rows), got {limit}")
-    if isinstance(path_or_rows, (str, PathLike)):
-        path = Path(path_or_rows)
-        require_file(path, "STS file")
-        source = str(path)
-        numbered = ((f"{path}, line {line}", record) for line, record in read_jsonl(path, STS_COLUMNS))
-    else:
-        source = "the given rows"
-        numbered = (
-            (f"row {row}", check_columns(record, STS_COLUMNS, f"row {row}"))
-            for row, record in enumerate(path_or_rows, start=1)
-        )
+    source, numbered = numbered_records(path_or_rows, STS_COLUMNS, "STS file")
     rows: list[dict[str, Any]] = []
     for where, record in numbered:
         rows.append(_checked_row(record, where))

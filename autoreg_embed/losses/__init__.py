@@ -23,18 +23,34 @@ from autoreg_embed.losses.cda import (
     strategy_loss,
 )
 from autoreg_embed.losses.cda_log_probs import LogProb
+from autoreg_embed.losses.contrastive import info_nce_loss
+from autoreg_embed.losses.distillation import (
+    DISTILLATION_METRICS,
+    DISTILLATION_TARGETS,
+    POSITIVE_VIEWS,
+    InstEmbLossOutput,
+    OutputSpanTargets,
+    instemb_loss,
+    output_span_targets,
+    representation_distillation_loss,
+)
 
 __all__ = [
     "BOUNDS",
+    "DISTILLATION_METRICS",
+    "DISTILLATION_TARGETS",
     "DIVERGENCES",
     "DIVERGENCE_LOG_PROBS",
     "MULTI_NEGATIVE_LOSSES",
+    "POSITIVE_VIEWS",
     "REFERENCE_SIGNS",
     "STRATEGIES",
     "Alignment",
     "CDALossOutput",
     "DivergenceTerm",
+    "InstEmbLossOutput",
     "LogProb",
+    "OutputSpanTargets",
     "Preference",
     "Strategy",
     "alignment_score",
@@ -42,8 +58,12 @@ __all__ = [
     "cda_loss",
     "divergence_loss",
     "info_nce_from_scores",
+    "info_nce_loss",
+    "instemb_loss",
     "mean_divergence",
+    "output_span_targets",
     "preference_scores",
+    "representation_distillation_loss",
     "sequence_log_probs",
     "strategy_loss",
 ]

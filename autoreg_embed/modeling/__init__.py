@@ -6,6 +6,7 @@ from autoreg_embed.modeling.encoder import (
     EncoderOutput,
     backbone_of,
     compress_positions,
+    daap_pool,
     encode,
     last_hidden_states,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "compress_positions",
     "compress_token_ids",
     "conditional_log_probs",
+    "daap_pool",
     "encode",
     "frozen_copy",
     "last_hidden_states",

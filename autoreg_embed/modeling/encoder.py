@@ -88,31 +88,83 @@ def compress_positions(attention_mask: torch.Tensor, num_compress_tokens: int) -
     return last_token_indices(attention_mask)[:, None] + offsets
 
 
+def last_token_positions(attention_mask: torch.Tensor, settings: EncoderSettings) -> torch.Tensor:
+    """Positions (B,) of the state that ``last`` pooling and the DAAP anchor take (``settings.last_token_position``).
+
+    ``"final"``: each row's last real token (with k >= 1, the last compress token). ``"before_compress"``: the last
+    text/instruction token, k positions earlier; under causal attention its state does not depend on the compress
+    tokens. With k = 0 both are the last real token.
+    """
+    last = last_token_indices(attention_mask)
+    if settings.last_token_position == "before_compress":
+        return last - settings.num_compress_tokens
+    return last
+
+
+def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor, settings: EncoderSettings) -> torch.Tensor:
+    """The (B, H) rows of ``hidden`` (B, L, H) at :func:`last_token_positions`."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last_token_positions(attention_mask, settings)]
+
+
+def daap_pool(
+    last_state: torch.Tensor, compress_states: torch.Tensor, combination: str = "concat", weight: float = 0.5
+) -> torch.Tensor:
+    """Dual-Anchor Alignment Pooling (InstEmb, METHOD.md §2): join the two L2-normalised anchors.
+
+    With ``a = last_state / |last_state|`` (B, H), the primary anchor, and ``s = m / |m|`` where ``m`` is the mean
+    of the k ``compress_states`` (B, k, H), the complementary anchor:
+
+    - ``"concat"``: ``[w a ; (1 - w) s]`` (B, 2H); after L2 normalisation the cosine of two such embeddings is
+      ``(w^2 cos(a, a') + (1 - w)^2 cos(s, s')) / (w^2 + (1 - w)^2)``, equal weights at ``w = 0.5``;
+    - ``"sum"``: ``w a + (1 - w) s`` (B, H).
+
+    Computed in float32 (at least) and returned in the states' dtype; not normalised (``encode`` does that).
+    """
+    dtype = torch.promote_types(last_state.dtype, torch.float32)
+    anchor = F.normalize(last_state.to(dtype), dim=-1)
+    soft = F.normalize(compress_states.to(dtype).mean(dim=1), dim=-1)
+    if combination == "concat":
+        pooled = torch.cat([weight * anchor, (1.0 - weight) * soft], dim=-1)
+    elif combination == "sum":
+        pooled = weight * anchor + (1.0 - weight) * soft
+    else:
+        raise ValueError(f"combination must be 'concat' or 'sum', got {combination!r}.")
+    return pooled.to(last_state.dtype)
+
+
 @dataclass
 class EncoderOutput:
     """What :func:`encode` returns."""
 
     embedding: torch.Tensor
-    """(B, H) pooled embedding (L2-normalised when the settings say so)."""
+    """(B, D) pooled embedding (L2-normalised when the settings say so); D = H, or 2H for concatenating DAAP."""
     compress_states: torch.Tensor | None
     """(B, k, H) last-layer states at the compress tokens; ``None`` when k = 0."""
+    last_state: torch.Tensor | None = None
+    """(B, H) last-layer state at :func:`last_token_positions` (the DAAP primary anchor), not normalised."""
 
 
 def pool_hidden_states(
     hidden: torch.Tensor, attention_mask: torch.Tensor, settings: EncoderSettings
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Reduce (B, L, H) states to (B, H) by ``settings.pooling``; also return the (B, k, H) compress states."""
+    """Reduce (B, L, H) states to (B, D) by ``settings.pooling``; also return the (B, k, H) compress states."""
     compress_states = None
     if settings.num_compress_tokens:
         index = compress_positions(attention_mask, settings.num_compress_tokens)
         compress_states = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
     if settings.pooling == "compress_mean":
         pooled = compress_states.mean(dim=1)
+    elif settings.pooling == "compress_last":
+        pooled = compress_states[:, -1]
     elif settings.pooling == "mean":
         weights = attention_mask.to(hidden.dtype)[..., None]
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-    else:  # compress_last, last, eos: the last real token (the builder appended EOS for "eos")
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_indices(attention_mask)]
+    elif settings.pooling == "daap":
+        last_state = last_token_states(hidden, attention_mask, settings)
+        pooled = daap_pool(last_state, compress_states, settings.daap_combination, settings.daap_weight)
+    else:  # last, eos: the state at last_token_positions (the builder appended EOS for "eos")
+        pooled = last_token_states(hidden, attention_mask, settings)
     return pooled, compress_states
 
 
@@ -121,13 +173,16 @@ def encode(
 ) -> EncoderOutput:
     """Run the encoder on inputs built by :class:`~autoreg_embed.modeling.inputs.EncoderInputBuilder`."""
     lengths = attention_mask.sum(dim=1)
-    if bool((lengths < max(settings.num_compress_tokens, 1)).any()):
+    before_compress = settings.last_token_position == "before_compress" and settings.num_compress_tokens > 0
+    if bool((lengths < max(settings.num_compress_tokens + before_compress, 1)).any()):
         raise ValueError(
-            "An encoder row is empty or shorter than the compress tokens; build inputs with EncoderInputBuilder "
-            "(with k = 0, an empty text needs add_bos=True or fixed template text around {text})."
+            "An encoder row is empty or shorter than the compress tokens (plus one token before them with "
+            "last_token_position='before_compress'); build inputs with EncoderInputBuilder (with k = 0, an empty "
+            "text needs add_bos=True or fixed template text around {text})."
         )
     hidden = last_hidden_states(model, attention_mask, input_ids=input_ids)
     pooled, compress_states = pool_hidden_states(hidden, attention_mask, settings)
     if settings.normalize:
         pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
-    return EncoderOutput(embedding=pooled, compress_states=compress_states)
+    last_state = last_token_states(hidden, attention_mask, settings)
+    return EncoderOutput(embedding=pooled, compress_states=compress_states, last_state=last_state)

@@ -67,7 +67,8 @@ class EncoderInputBuilder:
         if settings.pooling == "eos" and tokenizer.eos_token_id is None:
             raise ValueError("pooling='eos' needs a tokenizer with an EOS token.")
 
-    def _truncate(self, ids: list[int], limit: int, kind: str) -> list[int]:
+    def truncate(self, ids: list[int], limit: int, kind: str) -> list[int]:
+        """The head of ``ids`` up to ``limit`` tokens; a cut is counted in :attr:`truncations` under ``kind``."""
         if len(ids) <= limit:
             return ids
         if not self.truncations[kind]:
@@ -87,9 +88,9 @@ class EncoderInputBuilder:
         limit = self.settings.max_instruction_length
         rows = []
         for text_ids, (prefix, suffix) in zip(tokenize_text(self.tokenizer, texts), parts, strict=True):
-            text_ids = self._truncate(text_ids, self.settings.max_text_length, "text")
-            prefix_ids = self._truncate(piece_ids[prefix], limit, "instruction")
-            suffix_ids = self._truncate(piece_ids[suffix], limit, "instruction")
+            text_ids = self.truncate(text_ids, self.settings.max_text_length, "text")
+            prefix_ids = self.truncate(piece_ids[prefix], limit, "instruction")
+            suffix_ids = self.truncate(piece_ids[suffix], limit, "instruction")
             rows.append(self.bos_ids + prefix_ids + text_ids + suffix_ids + self.compress_ids + self.eos_ids)
         return rows
 

@@ -11,9 +11,20 @@ from typing import Literal, get_args
 SETTINGS_FILE = "autoreg_embed_config.json"
 """File name of the encoder settings inside a saved checkpoint."""
 
-Pooling = Literal["compress_mean", "compress_last", "last", "mean", "eos"]
+Pooling = Literal["compress_mean", "compress_last", "last", "mean", "eos", "daap"]
 POOLING_METHODS: tuple[str, ...] = get_args(Pooling)
-"""``compress_*`` reduce the k compress-token states; ``last``/``mean``/``eos`` pool an untrained prompt."""
+"""``compress_*`` reduce the k compress-token states; ``last``/``mean``/``eos`` pool an untrained prompt; ``daap``
+combines the last-token state with the mean compress-token (soft-prompt) state (InstEmb's dual-anchor pooling)."""
+
+LastTokenPosition = Literal["final", "before_compress"]
+LAST_TOKEN_POSITIONS: tuple[str, ...] = get_args(LastTokenPosition)
+"""Which state ``last`` pooling and the DAAP anchor take when k >= 1: the sequence's final position (the last
+compress token, which attends to text, instruction and every compress token) or the last text/instruction token
+just before the compress tokens (which, under causal attention, cannot see them)."""
+
+DaapCombination = Literal["concat", "sum"]
+DAAP_COMBINATIONS: tuple[str, ...] = get_args(DaapCombination)
+"""How DAAP joins its two normalised anchors: concatenation (2H dimensions) or a weighted sum (H dimensions)."""
 
 FIXED, ADJUSTABLE = "fixed", "adjustable"
 """How a training option (field metadata ``"training_option"``) behaves when training continues from a saved
@@ -62,6 +73,29 @@ class EncoderSettings:
         },
     )
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)."})
+    last_token_position: LastTokenPosition = field(
+        default="final",
+        metadata={
+            "help": f"State of 'last' pooling and the DAAP anchor when k >= 1: {', '.join(LAST_TOKEN_POSITIONS)} "
+            "(final: the last compress token, which sees everything; before_compress: the last text/instruction "
+            "token, which does not see the compress tokens).",
+            "training_option": FIXED,
+        },
+    )
+    daap_combination: DaapCombination = field(
+        default="concat",
+        metadata={
+            "help": f"How 'daap' pooling joins its two anchors: {', '.join(DAAP_COMBINATIONS)}.",
+            "training_option": FIXED,
+        },
+    )
+    daap_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight w of the last-token anchor in 'daap' pooling (the soft prompts get 1 - w).",
+            "training_option": FIXED,
+        },
+    )
     max_text_length: int = field(
         default=512,
         metadata={
@@ -83,6 +117,16 @@ class EncoderSettings:
             raise ValueError(f"pooling must be one of {POOLING_METHODS}, got {self.pooling!r}.")
         if self.pooling.startswith("compress_") and self.num_compress_tokens == 0:
             raise ValueError(f"pooling={self.pooling!r} needs num_compress_tokens >= 1.")
+        if self.pooling == "daap" and self.num_compress_tokens == 0:
+            raise ValueError("pooling='daap' needs num_compress_tokens >= 1 (the soft prompts are its second anchor).")
+        if self.last_token_position not in LAST_TOKEN_POSITIONS:
+            raise ValueError(
+                f"last_token_position must be one of {LAST_TOKEN_POSITIONS}, got {self.last_token_position!r}."
+            )
+        if self.daap_combination not in DAAP_COMBINATIONS:
+            raise ValueError(f"daap_combination must be one of {DAAP_COMBINATIONS}, got {self.daap_combination!r}.")
+        if not 0.0 < self.daap_weight < 1.0:
+            raise ValueError(f"daap_weight must be in (0, 1), got {self.daap_weight}.")
         if self.pooling == "eos" and self.num_compress_tokens:
             raise ValueError("pooling='eos' appends an EOS token for prompt baselines; use num_compress_tokens=0.")
         if self.template.count(TEXT_PLACEHOLDER) != 1:
@@ -97,6 +141,10 @@ class EncoderSettings:
     def compress_tokens(self) -> list[str]:
         """The k compress-token strings, in order."""
         return [self.compress_token_format.format(index=i) for i in range(self.num_compress_tokens)]
+
+    def embedding_size(self, hidden_size: int) -> int:
+        """Dimension of the embeddings for a model of ``hidden_size``: 2H for concatenating DAAP, else H."""
+        return 2 * hidden_size if self.pooling == "daap" and self.daap_combination == "concat" else hidden_size
 
     def split_template(self, instruction: str) -> tuple[str, str]:
         """Return the (prefix, suffix) around the text once ``instruction`` is filled in.

@@ -152,7 +152,7 @@ def export_sentence_transformer(
     write_sentence_transformers_files(
         directory,
         settings,
-        embedding_dimension(model),
+        embedding_dimension(model, settings),
         prompts=prompts,
         default_prompt_name=default_prompt_name,
         training_stages=training_stages,

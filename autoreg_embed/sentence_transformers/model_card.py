@@ -69,10 +69,20 @@ INFONCE_BIBTEX = """@article{oord2018cpc,
   year = {2018}
 }"""
 
+INSTEMB_BIBTEX = """@inproceedings{gao2026instemb,
+  title = {InstEmb: Instruction-Following Embeddings through Glimpses of the Future},
+  author = {Gao, Tianhao and Fang, Jun and Zhang, Xiaohui and Liu, Zhiyuan and Liu, Chao and Liu, Pengzhang and
+            Jiang, Qixia},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year = {2026},
+  url = {https://icml.cc/virtual/2026/poster/62511}
+}"""
+
 TRAINER_CITATIONS: dict[str, tuple[str, ...]] = {
     "CompressionTrainer": (AUTOREGEMBED_BIBTEX,),
     "CDATrainer": (AUTOREGEMBED_BIBTEX,),
     "ContrastiveTrainer": (INFONCE_BIBTEX,),
+    "DistillTrainer": (INSTEMB_BIBTEX, INFONCE_BIBTEX),
 }
 """The papers (BibTeX) each trainer implements, keyed by the trainer class name; a new trainer adds its entry."""
 
@@ -82,6 +92,8 @@ TRAINER_DESCRIPTIONS: dict[str, str] = {
     "CDATrainer": "AutoRegEmbed stage 2, conditional distribution alignment: a DPO-style InfoNCE loss over the "
     "frozen decoder's log-probabilities under query and document embeddings",
     "ContrastiveTrainer": "the InfoNCE baseline: cosine contrastive loss on the pooled embedding",
+    "DistillTrainer": "InstEmb-style instruction-aware embeddings: look-ahead soft prompts distilled from a frozen "
+    "teacher's reading of the output, multi-view InfoNCE on the last input token, dual-anchor (DAAP) pooling",
 }
 """One line per trainer for the card's stage list."""
 

@@ -21,9 +21,11 @@ MODULE_CONFIG_FILE = "sentence_bert_config.json"
 """File name of the module's own options (the layout lives in ``autoreg_embed_config.json``)."""
 
 
-def embedding_dimension(model: nn.Module) -> int:
-    """Size of the embeddings ``model`` produces: the hidden size of its transformer body."""
-    return backbone_of(model).config.hidden_size
+def embedding_dimension(model: nn.Module, settings: EncoderSettings | None = None) -> int:
+    """Size of the embeddings ``model`` produces: the hidden size H of its transformer body, or what ``settings``
+    make of it (2H for concatenating DAAP pooling, see :meth:`EncoderSettings.embedding_size`)."""
+    hidden_size = backbone_of(model).config.hidden_size
+    return hidden_size if settings is None else settings.embedding_size(hidden_size)
 
 
 def split_dtype(model_kwargs: dict[str, Any] | None) -> tuple[str | torch.dtype | None, dict[str, Any]]:
@@ -138,8 +140,8 @@ class AutoRegEmbedModule(InputModule):
         )
 
     def get_embedding_dimension(self) -> int:
-        """Size of the sentence embedding (the model's hidden size)."""
-        return embedding_dimension(self.model)
+        """Size of the sentence embedding (the model's hidden size; twice that for concatenating DAAP pooling)."""
+        return embedding_dimension(self.model, self._settings)
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         """Write the weights (safetensors; an unmerged PEFT model writes its adapter), tokenizer, settings, config."""

@@ -8,6 +8,8 @@ from autoreg_embed.trainers.compression_config import CompressionConfig
 from autoreg_embed.trainers.compression_trainer import CompressionTrainer
 from autoreg_embed.trainers.contrastive_config import ContrastiveConfig
 from autoreg_embed.trainers.contrastive_trainer import ContrastiveTrainer
+from autoreg_embed.trainers.distill_config import DistillConfig
+from autoreg_embed.trainers.distill_trainer import DistillTrainer
 
 __all__ = [
     "AutoRegTrainer",
@@ -17,5 +19,7 @@ __all__ = [
     "CompressionTrainer",
     "ContrastiveConfig",
     "ContrastiveTrainer",
+    "DistillConfig",
+    "DistillTrainer",
     "EncoderTrainingConfig",
 ]

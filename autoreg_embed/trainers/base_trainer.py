@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
@@ -32,6 +34,7 @@ from autoreg_embed.modeling.checkpoint import (
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.encoder import EncoderOutput, encode
 from autoreg_embed.modeling.frozen import is_peft_model, preserved_trainability
+from autoreg_embed.modeling.original import parameters_fingerprint
 from autoreg_embed.modeling.settings import EncoderSettings
 from autoreg_embed.sentence_transformers import (
     embedding_dimension,
@@ -119,6 +122,9 @@ def _apply_peft(model: nn.Module, peft_config: Any, compress_ids: list[int]) -> 
         if compress_ids and getattr(peft_config, "trainable_token_indices", "absent") is None:
             # The new compress-token rows must learn too; PEFT trains just those rows of the embedding matrix.
             peft_config.trainable_token_indices = compress_ids
+        if compress_ids and getattr(peft_config, "token_indices", None) == []:
+            # A TrainableTokensConfig without indices: train the compress-token rows alone (the LLM stays frozen).
+            peft_config.token_indices = compress_ids
         return get_peft_model(model, peft_config)
     existing = list(model.peft_config)
     model.add_adapter(STAGE2_ADAPTER, peft_config)
@@ -126,6 +132,20 @@ def _apply_peft(model: nn.Module, peft_config: Any, compress_ids: list[int]) -> 
     for name, parameter in model.named_parameters():  # set_adapter marks every active adapter trainable
         parameter.requires_grad_(f".{STAGE2_ADAPTER}." in name)
     return model
+
+
+def precomputed_cache_file(
+    folder: Path, dataset: Dataset, weights: Sequence[tuple[str, torch.Tensor]], settings: Any, suffix: str
+) -> Path:
+    """The cache file of values precomputed once for ``dataset`` by frozen ``weights`` under ``settings``.
+
+    The name is 24 hex digits of a SHA-256 over the dataset's fingerprint, the weights' fingerprint and ``settings``
+    (JSON-serialisable), computed by the main process and broadcast, so that every process uses the same file.
+    """
+    payload = json.dumps([dataset._fingerprint, parameters_fingerprint(weights), settings], sort_keys=True)
+    key = [hashlib.sha256(payload.encode()).hexdigest()[:24]]
+    broadcast_object_list(key, from_process=0)
+    return folder / f"{key[0]}{suffix}"
 
 
 def validate_dataset(
@@ -388,7 +408,10 @@ class AutoRegTrainer(Trainer, abc.ABC):
             self.encoder_settings.save(directory)
             model = self.accelerator.unwrap_model(self.model)
             write_sentence_transformers_files(
-                directory, self.encoder_settings, embedding_dimension(model), **self._sentence_transformer_metadata()
+                directory,
+                self.encoder_settings,
+                embedding_dimension(model, self.encoder_settings),
+                **self._sentence_transformer_metadata(),
             )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:

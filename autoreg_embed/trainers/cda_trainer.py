@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
@@ -35,8 +33,7 @@ from autoreg_embed.modeling.decoder import conditional_log_probs
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.frozen import FrozenRole, original_decoder, reference_role
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-from autoreg_embed.modeling.original import parameters_fingerprint
-from autoreg_embed.trainers.base_trainer import AutoRegTrainer
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer, precomputed_cache_file
 from autoreg_embed.trainers.cda_config import CDAConfig
 
 logger = logging.getLogger(__name__)
@@ -280,14 +277,8 @@ class CDATrainer(AutoRegTrainer):
             "max_target_length": self.args.max_target_length,
             "encoder": self.encoder_settings.__dict__,
         }
-        key = [
-            hashlib.sha256(
-                json.dumps([dataset._fingerprint, parameters_fingerprint(weights), settings], sort_keys=True).encode()
-            ).hexdigest()[:24]
-        ]
-        broadcast_object_list(key, from_process=0)
         folder = Path(self.args.ref_log_probs_cache_dir or cache_dir() / "ref_log_probs")
-        return folder / f"{key[0]}.json"
+        return precomputed_cache_file(folder, dataset, weights, settings, ".json")
 
     def with_reference_log_probs(self, dataset: Dataset, split: str) -> Dataset:
         """``dataset`` with one column per reference log-prob (``LogProb.name``): read from the disk cache, or

@@ -28,11 +28,14 @@ class ContrastiveTrainer(AutoRegTrainer):
     """Cosine InfoNCE on the pooled embedding, with hard negatives from ``neg`` and optional in-batch negatives.
 
     The encoder input layout, saving and loading are those of the other trainers, so the result loads with
-    sentence-transformers the same way. Rows: ``query``, ``pos``, optional ``neg`` (a string or a list).
+    sentence-transformers the same way. Rows: ``query``, ``pos``, optional ``neg`` (a string or a list), and
+    optional per-row ``instruction_next`` / ``instruction_self`` that replace I_next / I_self for that row's query /
+    documents (e.g. a question as the query's instruction).
     """
 
     text_columns = ("query", "pos")
     optional_list_columns = ("neg",)
+    optional_columns = ("instruction_next", "instruction_self")
     config_class = ContrastiveConfig
     default_output_dir = "contrastive-output"
 
