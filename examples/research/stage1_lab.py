@@ -10,6 +10,8 @@ line per log, with wall-clock seconds) and the config to ``<out>/config.json``.
 Options that change the method (all off by default, i.e. the package's stage 1):
 - ``--decoder_bos``: the decoder reads ``[BOS ; states ; target]`` (the BOS embedding is the decoder's own), so
   the states are not at the attention-sink position 0 of the Llama decoder.
+- ``--decoder_template``: text around the states in the decoder input (``{states}`` marks them; the names in
+  ``CHAT_TEMPLATES`` give SmolLM2's chat format, the states as the user turn and the target as the answer).
 - ``--state_scale fixed|learned``: the states are rescaled before the decoder reads them: ``fixed`` sets every
   state vector's norm to the mean norm of the decoder's input token embeddings (3.2 for SmolLM2, while the
   last-layer states have norm ~50); ``learned`` multiplies by a trained scalar started at that ratio.
@@ -53,6 +55,12 @@ PAPER_INSTRUCTION = "This sentence means in one word: “"
 QA_FILES = ("squad2_devhalf_answerable.jsonl", "xquad_en.jsonl", "pubmedqa_pqal.jsonl")
 RESERVED_TRIPLETS = 600
 """The first 600 rows of the seed-0 SNLI shuffle are the CDA / InfoNCE triplets of reproduce.py: not trained on."""
+CHAT_TEMPLATES = {
+    "CHAT_WORDS": "<|im_start|>user\nWrite one sentence using these words: {states}<|im_end|>\n<|im_start|>assistant\n",
+    "CHAT_REPEAT": "<|im_start|>user\nRepeat this text: {states}<|im_end|>\n<|im_start|>assistant\n",
+    "CHAT": "<|im_start|>user\n{states}<|im_end|>\n<|im_start|>assistant\n",
+}
+"""Decoder templates (the frozen SmolLM2-Instruct reads the states as a user turn and the target as its answer)."""
 HELD_OUT_TRIPLET_ROWS = 64
 """The last rows of that shuffle give the held-out autoencoding sentences."""
 
@@ -143,10 +151,14 @@ class LabCompressionTrainer(CompressionTrainer):
             states = states * (self.embedding_norm / states.float().norm(dim=-1, keepdim=True).to(states.dtype))
         elif self.lab.state_scale == "learned":
             states = states * self.model.lab_log_state_scale.exp().to(states.dtype)
-        if self.lab.decoder_bos:
-            bos = self.frozen_decoder_embeddings().weight[self.processing_class.bos_token_id].detach()
-            states = torch.cat([bos.to(states.dtype).expand(states.shape[0], 1, -1), states], dim=1)
-        return states
+        template = self.lab.decoder_template or ("<|im_start|>{states}" if self.lab.decoder_bos else "{states}")
+        before, after = template.split("{states}")
+        table = self.frozen_decoder_embeddings().weight
+        pieces = []
+        for text in (before, after):
+            ids = self.processing_class(text, add_special_tokens=False)["input_ids"] if text else []
+            pieces.append(table[ids].detach().to(states.dtype).expand(states.shape[0], -1, -1))
+        return torch.cat([pieces[0], states, pieces[1]], dim=1)
 
     def contrastive_active(self) -> bool:
         return self.lab.contrastive_weight > 0 or self.state.global_step < self.lab.contrastive_only_steps
@@ -274,6 +286,11 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--decoder_bos", action="store_true")
     parser.add_argument("--state_scale", choices=["none", "fixed", "learned"], default="none")
+    parser.add_argument(
+        "--decoder_template",
+        default=None,
+        help="text around the states in the decoder input, with {states}; e.g. CHAT_WORDS (see CHAT_TEMPLATES)",
+    )
     parser.add_argument("--prefix_map", choices=["identity", "vocab_softmax"], default="identity")
     parser.add_argument("--prefix_temperature", type=float, default=1.0)
     parser.add_argument("--ce_weight", type=float, default=1.0)
@@ -287,6 +304,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", action="store_true", help="save the final encoder to <out>/model")
     args = parser.parse_args()
+    args.decoder_template = CHAT_TEMPLATES.get(args.decoder_template, args.decoder_template)
 
     out = Path(args.out_root) / args.name
     out.mkdir(parents=True, exist_ok=True)
