@@ -103,6 +103,21 @@ def continuation_rows(sentences: list[str], instruction: str, tokenizer: Any) ->
     return Dataset.from_dict({"context": contexts, "instruction": [instruction] * len(contexts), "target": targets})
 
 
+def wrap_in_template(states: torch.Tensor, template: str, tokenizer: Any, embeddings: nn.Module) -> torch.Tensor:
+    """(B, k, H) states -> (B, a + k + b, H) decoder prefix: the embedded template text around them.
+
+    ``template`` holds ``{states}`` once; its text before and after is tokenized without added special tokens
+    (special-token strings such as ``<|im_start|>`` in it are recognised) and embedded with the decoder's own
+    input embeddings, so the decoder reads ``[embed(before) ; states ; embed(after)]`` and then the target.
+    """
+    before, after = template.split("{states}")
+    pieces = []
+    for text in (before, after):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        pieces.append(embeddings.weight[ids].detach().to(states.dtype).expand(states.shape[0], -1, -1))
+    return torch.cat([pieces[0], states, pieces[1]], dim=1)
+
+
 class CenteredGradient(torch.autograd.Function):
     """Identity forward; backward removes the batch mean of the gradient (no common-mode push on the states)."""
 
@@ -152,13 +167,7 @@ class LabCompressionTrainer(CompressionTrainer):
         elif self.lab.state_scale == "learned":
             states = states * self.model.lab_log_state_scale.exp().to(states.dtype)
         template = self.lab.decoder_template or ("<|im_start|>{states}" if self.lab.decoder_bos else "{states}")
-        before, after = template.split("{states}")
-        table = self.frozen_decoder_embeddings().weight
-        pieces = []
-        for text in (before, after):
-            ids = self.processing_class(text, add_special_tokens=False)["input_ids"] if text else []
-            pieces.append(table[ids].detach().to(states.dtype).expand(states.shape[0], -1, -1))
-        return torch.cat([pieces[0], states, pieces[1]], dim=1)
+        return wrap_in_template(states, template, self.processing_class, self.frozen_decoder_embeddings())
 
     def contrastive_active(self) -> bool:
         return self.lab.contrastive_weight > 0 or self.state.global_step < self.lab.contrastive_only_steps
