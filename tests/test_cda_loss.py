@@ -1,4 +1,6 @@
-"""The CDA loss against float64 loops written directly from the equations of METHOD.md / docs/cda_loss.md."""
+"""The CDA loss against float64 loops written directly from the paper's equations (METHOD.md, docs/cda_loss.md):
+eqs. 1-2 (default), appendix E eqs. 3-6 (strategies 1-4), appendix B (KL / JS), and the official code's variants
+(reference sign, n binary losses averaged). The loops use scalars and ``math`` only, not the package's helpers."""
 
 from __future__ import annotations
 
@@ -10,144 +12,146 @@ import torch
 
 from autoreg_embed.losses.cda import (
     BOUNDS,
-    LOG_PROB_MEANINGS,
+    DIVERGENCE_LOG_PROBS,
+    MULTI_NEGATIVE_LOSSES,
     REFERENCE_SIGNS,
-    STRATEGY_LOG_PROBS,
+    STRATEGIES,
     cda_loss,
-    divergence_alignment_score,
+    divergence_loss,
     info_nce_from_scores,
+    mean_divergence,
     preference_scores,
     sequence_log_probs,
     strategy_loss,
 )
+from autoreg_embed.losses.cda_log_probs import (
+    NEG_GIVEN_NEG,
+    NEG_GIVEN_POS,
+    NEG_GIVEN_QUERY,
+    POS_GIVEN_NEG,
+    POS_GIVEN_POS,
+    POS_GIVEN_QUERY,
+    QUERY_GIVEN_NEG,
+    QUERY_GIVEN_POS,
+    QUERY_GIVEN_QUERY,
+    LogProb,
+)
 
 B, T, V = 3, 6, 5
-PER_NEGATIVE = {
-    "policy_neg_next",
-    "ref_neg_next",
-    "policy_query_prev_neg",
-    "ref_query_prev_neg",
-    "policy_neg_self_pos",
-    "ref_neg_self_pos",
-    "policy_neg_self",
-    "ref_neg_self",
-    "policy_pos_self_neg",
-    "ref_pos_self_neg",
-}
-"""The log-probs with one value per negative: (B, n)."""
+POLICY = (
+    POS_GIVEN_QUERY,
+    POS_GIVEN_POS,
+    NEG_GIVEN_QUERY,
+    NEG_GIVEN_NEG,
+    NEG_GIVEN_POS,
+    POS_GIVEN_NEG,
+    QUERY_GIVEN_QUERY,
+    QUERY_GIVEN_POS,
+    QUERY_GIVEN_NEG,
+)
+ALL = POLICY + tuple(spec.reference for spec in POLICY)
 
 
 # ---- the equations, as plain Python loops ----
 
 
-def score(x: float, bound: str) -> float:
-    """S = -sigma(x), -tanh(x) or -log sigma(x)."""
+def g(x: float, bound: str) -> float:
+    """The bound: sigma(x), tanh(x) or log sigma(x)."""
     if bound == "sigmoid":
-        return -1.0 / (1.0 + math.exp(-x))
+        return 1.0 / (1.0 + math.exp(-x))
     if bound == "tanh":
-        return -math.tanh(x)
-    return math.log(1.0 + math.exp(-x))
+        return math.tanh(x)
+    return -math.log(1.0 + math.exp(-x))
 
 
-def preference(pi_pos: float, pi_neg: float, ref_pos: float, ref_neg: float, sign: str) -> float:
-    if sign == "paper":
-        return (pi_pos - ref_pos) - (pi_neg - ref_neg)
-    return (pi_pos - pi_neg) + (ref_pos - ref_neg)
-
-
-def info_nce(s1: float, s2: list[float], t: float) -> float:
+def info_nce(s1: float, s2: list[float], t: float, multi_negative: str) -> float:
+    """-log(e^{S1/t} / (e^{S1/t} + sum_i e^{S2_i/t})), or (official) the mean over i of the two-term version."""
     numerator = math.exp(s1 / t)
-    return -math.log(numerator / (numerator + sum(math.exp(s / t) for s in s2)))
+    if multi_negative == "one_denominator":
+        return -math.log(numerator / (numerator + sum(math.exp(s / t) for s in s2)))
+    return sum(-math.log(numerator / (numerator + math.exp(s / t))) for s in s2) / len(s2)
 
 
-def loop_terms(lp: dict, b: int, n: int, names: tuple[str, ...], o: dict) -> tuple[float, list[float]]:
-    """(S1, [S2_i]) of example b: S1 aligns lp[chosen] with lp[anchor], S2_i prefers chosen over neg_i."""
-    chosen, anchor, neg, ref_chosen, ref_neg = names
-    s1 = score(o["beta"] * abs(lp[chosen][b] - lp[anchor][b]), o["bound"])
+def loop_scores(lp: dict, b: int, n: int, strategy: int, o: dict) -> tuple[float, list[float]]:
+    """(S1, [S2_1..S2_n]) of example b, from METHOD.md's equations."""
+    beta, bound, sign = o["beta"], o["bound"], o["sign"]
+
+    def v(spec: LogProb, i: int | None = None) -> float:
+        return lp[spec][b] if i is None or not spec.per_negative else lp[spec][b][i]
+
+    def preference(chosen: float, rejected: float, ref_chosen: float, ref_rejected: float) -> float:
+        """beta * [L(chosen) - L(rejected)], L(x) = lp(x) - lp_ref(x) (paper); the official code adds the ref."""
+        if sign == "paper":
+            return beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+        return beta * ((chosen - rejected) + (ref_chosen - ref_rejected))
+
+    def pref(chosen: LogProb, rejected: LogProb, i: int) -> float:
+        return preference(v(chosen, i), v(rejected, i), v(chosen.reference, i), v(rejected.reference, i))
+
+    # eq. 1: lp(d+ | e_{q,I_next}) vs lp(d+ | e_{d+,I_self}); eq. 3: lp(q | e_{q,I_self}) vs lp(q | e_{d+,I_prev})
+    default_s1 = beta * abs(v(POS_GIVEN_QUERY) - v(POS_GIVEN_POS))
+    query_s1 = beta * abs(v(QUERY_GIVEN_QUERY) - v(QUERY_GIVEN_POS))
     s2 = []
     for i in range(n):
-        x = preference(lp[chosen][b], lp[neg][b][i], lp[ref_chosen][b], lp[ref_neg][b][i], o["sign"])
-        s2.append(score(o["beta"] * x, o["bound"]))
+        default_s2 = pref(POS_GIVEN_QUERY, NEG_GIVEN_QUERY, i)  # eq. 2
+        query_s2 = pref(QUERY_GIVEN_POS, QUERY_GIVEN_NEG, i)  # eq. 3
+        if strategy == 0:
+            s2.append(-g(default_s2, bound))
+        elif strategy == 1:
+            s2.append(-g(query_s2, bound))
+        elif strategy == 2:  # eq. 4
+            s2.append(-0.5 * g(default_s2, bound) - 0.5 * g(query_s2, bound))
+        elif strategy == 3:  # eq. 5: d+ regenerates itself rather than d-_i
+            s2.append(-0.5 * g(default_s2, bound) - 0.5 * g(pref(POS_GIVEN_POS, NEG_GIVEN_POS, i), bound))
+        else:  # eq. 6: d-_i regenerates itself rather than d+
+            s2.append(-0.5 * g(default_s2, bound) - 0.5 * g(pref(NEG_GIVEN_NEG, POS_GIVEN_NEG, i), bound))
+    if strategy == 1:
+        s1 = -g(query_s1, bound)
+    elif strategy == 2:
+        s1 = -0.5 * g(query_s1, bound) - 0.5 * g(default_s1, bound)
+    else:
+        s1 = -g(default_s1, bound)
     return s1, s2
 
 
-def loop_loss(lp: dict, n: int, strategy: int, o: dict, s1_override: list[float] | None = None) -> float:
-    total = 0.0
-    for b in range(B):
-        d_terms = ("policy_pos_next", "policy_pos_self", "policy_neg_next", "ref_pos_next", "ref_neg_next")
-        q_terms = ("policy_query_prev_pos", "policy_query_self", "policy_query_prev_neg")
-        q_terms += ("ref_query_prev_pos", "ref_query_prev_neg")
-        s1, s2 = loop_terms(lp, b, n, d_terms, o)
-        if s1_override is not None:
-            s1 = s1_override[b]
-        if strategy == 3:
-            for i in range(n):
-                x = preference(
-                    lp["policy_pos_self"][b],
-                    lp["policy_neg_self_pos"][b][i],
-                    lp["ref_pos_self"][b],
-                    lp["ref_neg_self_pos"][b][i],
-                    o["sign"],
-                )
-                s2.append(score(o["beta"] * x, o["bound"]))
-        if strategy == 4:
-            for i in range(n):
-                x = preference(
-                    lp["policy_neg_self"][b][i],
-                    lp["policy_pos_self_neg"][b][i],
-                    lp["ref_neg_self"][b][i],
-                    lp["ref_pos_self_neg"][b][i],
-                    o["sign"],
-                )
-                s2.append(score(o["beta"] * x, o["bound"]))
-        if strategy == 1:
-            total += info_nce(*loop_terms(lp, b, n, q_terms, o), o["temperature"])
-        elif strategy == 2:
-            loss_d = info_nce(s1, s2, o["temperature"])
-            loss_q = info_nce(*loop_terms(lp, b, n, q_terms, o), o["temperature"])
-            total += (loss_d + loss_q) / 2
+def loop_loss(lp: dict, n: int, strategy: int, o: dict) -> float:
+    return sum(info_nce(*loop_scores(lp, b, n, strategy, o), o["temperature"], o["negatives"]) for b in range(B)) / B
+
+
+def loop_divergence(log_p: list, log_q: list, mask: list, kind: str) -> float:
+    """Mean over real positions t of KL(p_t || q_t) or JS(p_t, q_t) for one sequence."""
+    values = []
+    for t in range(len(log_p)):
+        if not mask[t]:
+            continue
+        p = [math.exp(x) for x in log_p[t]]
+        q = [math.exp(x) for x in log_q[t]]
+        if kind == "kl":
+            values.append(sum(p[v] * math.log(p[v] / q[v]) for v in range(len(p))))
         else:
-            total += info_nce(s1, s2, o["temperature"])
-    return total / B
-
-
-def loop_divergence(la: list, lb: list, mask: list, kind: str) -> list[float]:
-    """Mean over real positions of KL(p_a || p_b) or JS(p_a, p_b), one per row."""
-    out = []
-    for b in range(len(la)):
-        values = []
-        for t in range(len(la[b])):
-            if not mask[b][t]:
-                continue
-            pa = [math.exp(v) for v in la[b][t]]
-            pb = [math.exp(v) for v in lb[b][t]]
-            if kind == "kl":
-                values.append(sum(pa[v] * math.log(pa[v] / pb[v]) for v in range(len(pa))))
-            else:
-                m = [(pa[v] + pb[v]) / 2 for v in range(len(pa))]
-                kl_am = sum(pa[v] * math.log(pa[v] / m[v]) for v in range(len(pa)))
-                kl_bm = sum(pb[v] * math.log(pb[v] / m[v]) for v in range(len(pb)))
-                values.append((kl_am + kl_bm) / 2)
-        out.append(sum(values) / len(values))
-    return out
+            m = [(p[v] + q[v]) / 2 for v in range(len(p))]
+            kl_pm = sum(p[v] * math.log(p[v] / m[v]) for v in range(len(p)))
+            kl_qm = sum(q[v] * math.log(q[v] / m[v]) for v in range(len(q)))
+            values.append((kl_pm + kl_qm) / 2)
+    return sum(values) / len(values)
 
 
 # ---- random inputs ----
 
 
 def random_log_probs(seed: int, n: int, average: bool) -> tuple[dict, dict]:
-    """Every LOG_PROB_MEANINGS entry from random per-token log-probs with padding (NaN there): reduced by
+    """Every log-prob of every strategy from random per-token log-probs with padding (NaN there): reduced by
     ``sequence_log_probs`` (tensors, fresh copies) and by a loop (nested lists)."""
     tensors, lists = _random_log_probs(seed, n, average)
-    return {name: t.clone() for name, t in tensors.items()}, lists
+    return {spec: t.clone() for spec, t in tensors.items()}, lists
 
 
 @functools.cache
 def _random_log_probs(seed: int, n: int, average: bool) -> tuple[dict, dict]:
     gen = torch.Generator().manual_seed(seed)
     tensors, lists = {}, {}
-    for name in LOG_PROB_MEANINGS:
-        rows = B * n if name in PER_NEGATIVE else B
+    for spec in ALL:
+        rows = B * n if spec.per_negative else B
         tokens = -4 * torch.rand(rows, T, generator=gen, dtype=torch.float64)
         lengths = torch.randint(1, T + 1, (rows,), generator=gen)
         mask = (torch.arange(T)[None] < lengths[:, None]).long()
@@ -157,24 +161,31 @@ def _random_log_probs(seed: int, n: int, average: bool) -> tuple[dict, dict]:
         for r in range(rows):
             real = [tokens[r, t].item() for t in range(T) if mask[r, t]]
             per_row.append(sum(real) / len(real) if average else sum(real))
-        if name in PER_NEGATIVE:
-            tensors[name] = reduced.view(B, n)
-            lists[name] = [per_row[b * n : (b + 1) * n] for b in range(B)]
+        if spec.per_negative:
+            tensors[spec] = reduced.view(B, n)
+            lists[spec] = [per_row[b * n : (b + 1) * n] for b in range(B)]
         else:
-            tensors[name], lists[name] = reduced, per_row
+            tensors[spec], lists[spec] = reduced, per_row
     return tensors, lists
 
 
 BETAS, TEMPERATURES = (0.1, 0.3, 0.05), (0.05, 0.7, 0.2)
 
 
-def options(seed: int, bound: str, sign: str) -> dict:
-    return {"beta": BETAS[seed], "temperature": TEMPERATURES[seed], "bound": bound, "sign": sign}
+def options(seed: int, bound: str, sign: str, negatives: str = "one_denominator") -> dict:
+    return {
+        "beta": BETAS[seed],
+        "temperature": TEMPERATURES[seed],
+        "bound": bound,
+        "sign": sign,
+        "negatives": negatives,
+    }
 
 
 def kwargs(o: dict) -> dict:
     """``options`` as keyword arguments of the loss functions."""
-    return {"reference_sign": o["sign"], **{key: o[key] for key in ("beta", "temperature", "bound")}}
+    named = {"reference_sign": o["sign"], "multi_negative": o["negatives"]}
+    return {**named, **{key: o[key] for key in ("beta", "temperature", "bound")}}
 
 
 # ---- agreement with the loops ----
@@ -183,77 +194,126 @@ def kwargs(o: dict) -> dict:
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("bound", BOUNDS)
 @pytest.mark.parametrize("sign", REFERENCE_SIGNS)
-@pytest.mark.parametrize("strategy", sorted(STRATEGY_LOG_PROBS))
-@pytest.mark.parametrize("average", [False, True])
-def test_strategy_loss_matches_loop(n, bound, sign, strategy, average):
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("negatives", MULTI_NEGATIVE_LOSSES)
+def test_strategy_loss_matches_the_equations(n, bound, sign, strategy, negatives):
     for seed in range(3):
-        tensors, lists = random_log_probs(seed, n, average)
-        o = options(seed, bound, sign)
-        needed = {name: tensors[name] for name in STRATEGY_LOG_PROBS[strategy]}
-        out = strategy_loss(strategy, needed, **kwargs(o))
-        assert out.loss.item() == pytest.approx(loop_loss(lists, n, strategy, o), abs=1e-6, rel=1e-6)
-        assert out.per_example.shape == (B,)
-        assert out.s2.shape == (B, 2 * n if strategy in (3, 4) else n)
+        for average in (False, True):
+            tensors, lists = random_log_probs(seed, n, average)
+            o = options(seed, bound, sign, negatives)
+            needed = {spec: tensors[spec] for spec in STRATEGIES[strategy].log_probs}
+            out = strategy_loss(strategy, needed, **kwargs(o))
+            assert out.loss.item() == pytest.approx(loop_loss(lists, n, strategy, o), abs=1e-9, rel=1e-9)
+            assert out.per_example.shape == (B,) and out.s2.shape == (B, n)
+            for b in range(B):
+                s1, s2 = loop_scores(lists, b, n, strategy, o)
+                assert out.s1[b].item() == pytest.approx(s1, abs=1e-12)
+                assert out.s2[b].tolist() == pytest.approx(s2, abs=1e-12)
+
+
+def test_each_strategy_reads_exactly_the_log_probs_of_its_equations():
+    default = {POS_GIVEN_QUERY, POS_GIVEN_POS, NEG_GIVEN_QUERY, POS_GIVEN_QUERY.reference, NEG_GIVEN_QUERY.reference}
+    query = {QUERY_GIVEN_QUERY, QUERY_GIVEN_POS, QUERY_GIVEN_NEG, QUERY_GIVEN_POS.reference}
+    query |= {QUERY_GIVEN_NEG.reference}
+    extra3 = {NEG_GIVEN_POS, POS_GIVEN_POS.reference, NEG_GIVEN_POS.reference}
+    extra4 = {NEG_GIVEN_NEG, POS_GIVEN_NEG, NEG_GIVEN_NEG.reference, POS_GIVEN_NEG.reference}
+    expected = {0: default, 1: query, 2: default | query, 3: default | extra3, 4: default | extra4}
+    assert {s: set(STRATEGIES[s].log_probs) for s in STRATEGIES} == expected
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("sign", REFERENCE_SIGNS)
-def test_cda_loss_diagnostics_match_loop(seed, sign):
+def test_cda_loss_diagnostics_match_the_equations(seed, sign):
     tensors, lp = random_log_probs(seed, 3, average=False)
     o = options(seed, "sigmoid", sign)
-    out = cda_loss(*(tensors[name] for name in STRATEGY_LOG_PROBS[0]), **kwargs(o))
+    args = [POS_GIVEN_QUERY, POS_GIVEN_POS, NEG_GIVEN_QUERY, POS_GIVEN_QUERY.reference, NEG_GIVEN_QUERY.reference]
+    out = cda_loss(*(tensors[spec] for spec in args), **kwargs(o))
+    assert out.loss.item() == pytest.approx(loop_loss(lp, 3, 0, o), abs=1e-12)
     for b in range(B):
-        s1, s2 = loop_terms(lp, b, 3, STRATEGY_LOG_PROBS[0], o)
-        assert out.s1[b].item() == pytest.approx(s1, abs=1e-9)
-        assert out.s2[b].tolist() == pytest.approx(s2, abs=1e-9)
-        gap = abs(lp["policy_pos_next"][b] - lp["policy_pos_self"][b])
+        gap = abs(lp[POS_GIVEN_QUERY][b] - lp[POS_GIVEN_POS][b])
         assert out.alignment_gap[b].item() == pytest.approx(gap, abs=1e-9)
         for i in range(3):  # always the DPO margin, whatever the reference sign
-            dpo = (lp["policy_pos_next"][b] - lp["ref_pos_next"][b]) - (
-                lp["policy_neg_next"][b][i] - lp["ref_neg_next"][b][i]
+            dpo = (lp[POS_GIVEN_QUERY][b] - lp[POS_GIVEN_QUERY.reference][b]) - (
+                lp[NEG_GIVEN_QUERY][b][i] - lp[NEG_GIVEN_QUERY.reference][b][i]
             )
             assert out.reward_margins[b, i].item() == pytest.approx(o["beta"] * dpo, abs=1e-9)
+
+
+def test_one_denominator_and_mean_of_binary_agree_for_one_negative_only():
+    tensors, _ = random_log_probs(0, 1, average=False)
+    joint = strategy_loss(0, tensors, multi_negative="one_denominator").per_example
+    binary = strategy_loss(0, tensors, multi_negative="mean_of_binary").per_example
+    torch.testing.assert_close(joint, binary, rtol=0, atol=1e-12)
+    tensors, _ = random_log_probs(0, 3, average=False)
+    joint = strategy_loss(0, tensors, multi_negative="one_denominator").per_example
+    binary = strategy_loss(0, tensors, multi_negative="mean_of_binary").per_example
+    assert (joint - binary).abs().min() > 0.1  # n terms in one denominator weigh more than their mean
+
+
+# ---- KL / JS (paper appendix B) ----
+
+
+def random_distributions(seed: int, n: int) -> tuple[dict, dict]:
+    """(B[, n], T, V) log-distributions and masks of DIVERGENCE_LOG_PROBS; d+ / d-_i pairs share their mask."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = {"pos": torch.tensor([T, 2, 4]), "neg": torch.randint(1, T + 1, (B, n), generator=gen)}
+    distributions = {}
+    for spec in DIVERGENCE_LOG_PROBS:
+        shape = (B, n, T, V) if spec.per_negative else (B, T, V)
+        log_dist = torch.randn(shape, generator=gen, dtype=torch.float64).mul(2).log_softmax(-1)
+        mask = (torch.arange(T) < lengths[spec.target][..., None]).long()
+        distributions[spec] = (log_dist, mask)
+    return distributions, {spec: (d.tolist(), m.tolist()) for spec, (d, m) in distributions.items()}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("kind", ["kl", "js"])
 @pytest.mark.parametrize("bound", BOUNDS)
-def test_divergence_variant_matches_loop(seed, kind, bound):
-    gen = torch.Generator().manual_seed(seed)
-    logp_a = torch.randn(B, T, V, generator=gen, dtype=torch.float64).mul(2).log_softmax(-1)
-    logp_b = torch.randn(B, T, V, generator=gen, dtype=torch.float64).mul(2).log_softmax(-1)
-    mask = (torch.arange(T)[None] < torch.tensor([[T], [2], [4]])).long()
-    divergence = loop_divergence(logp_a.tolist(), logp_b.tolist(), mask.tolist(), kind)
-    o = options(seed, bound, "paper")
-    s1 = divergence_alignment_score(logp_a, logp_b, mask, kind, o["beta"], bound)
-    assert s1.tolist() == pytest.approx([score(o["beta"] * d, bound) for d in divergence], abs=1e-9)
+@pytest.mark.parametrize(("n", "negatives"), [(1, "one_denominator"), (3, "one_denominator"), (3, "mean_of_binary")])
+def test_divergence_loss_matches_the_equations(seed, kind, bound, n, negatives):
+    distributions, lists = random_distributions(seed, n)
+    temperature = TEMPERATURES[seed]
+    out = divergence_loss(kind, distributions, temperature=temperature, bound=bound, multi_negative=negatives)
+    total = 0.0
+    for b in range(B):
+        # S1 = -g(mean_t D(p(.|d+_<t, e_{d+,I_self}) || p(.|d+_<t, e_{q,I_next}))), no beta
+        self_pos, mask = lists[POS_GIVEN_POS][0][b], lists[POS_GIVEN_POS][1][b]
+        d_pos = loop_divergence(self_pos, lists[POS_GIVEN_QUERY][0][b], mask, kind)
+        s1 = -g(d_pos, bound)
+        s2 = []
+        for i in range(n):  # S2_i: the same along d-_i's tokens, d-_i's own embedding against the query's
+            self_neg, neg_mask = lists[NEG_GIVEN_NEG][0][b][i], lists[NEG_GIVEN_NEG][1][b][i]
+            s2.append(-g(loop_divergence(self_neg, lists[NEG_GIVEN_QUERY][0][b][i], neg_mask, kind), bound))
+        assert out.alignment_gap[b].item() == pytest.approx(d_pos, abs=1e-12)
+        assert out.s1[b].item() == pytest.approx(s1, abs=1e-12)
+        assert out.s2[b].tolist() == pytest.approx(s2, abs=1e-12)
+        total += info_nce(s1, s2, temperature, negatives)
+    assert out.loss.item() == pytest.approx(total / B, abs=1e-9, rel=1e-9)
+    assert out.reward_margins is None
 
-    tensors, lists = random_log_probs(seed, 1, average=True)
-    needed = {name: tensors[name] for name in STRATEGY_LOG_PROBS[0]}
-    out = strategy_loss(0, needed, s1_override=s1, **kwargs(o))
-    assert out.loss.item() == pytest.approx(loop_loss(lists, 1, 0, o, s1_override=s1.tolist()), abs=1e-6)
+
+def test_kl_runs_from_the_self_conditioned_to_the_query_conditioned_distribution():
+    """KL(p(. | e_{d+,I_self}) || p(. | e_{q,I_next})): swapping the two changes the value here; JS is symmetric."""
+    distributions, lists = random_distributions(3, 1)
+    (self_dist, mask), (query_dist, _) = distributions[POS_GIVEN_POS], distributions[POS_GIVEN_QUERY]
+    self_lists, query_lists = lists[POS_GIVEN_POS][0], lists[POS_GIVEN_QUERY][0]
+    forward = [loop_divergence(self_lists[b], query_lists[b], mask[b], "kl") for b in range(B)]
+    reverse = [loop_divergence(query_lists[b], self_lists[b], mask[b], "kl") for b in range(B)]
+    assert min(abs(x - y) for x, y in zip(forward, reverse, strict=True)) > 1e-3
+    assert divergence_loss("kl", distributions).alignment_gap.tolist() == pytest.approx(forward, abs=1e-12)
+    torch.testing.assert_close(
+        mean_divergence(self_dist, query_dist, mask, "js"), mean_divergence(query_dist, self_dist, mask, "js")
+    )
 
 
-def test_kl_is_kl_of_query_conditioning_against_self_conditioning():
-    gen = torch.Generator().manual_seed(3)
-    logp_a = torch.randn(B, T, V, generator=gen, dtype=torch.float64).mul(3).log_softmax(-1)
-    logp_b = torch.randn(B, T, V, generator=gen, dtype=torch.float64).log_softmax(-1)
-    mask = torch.ones(B, T)
-    kl_ab = loop_divergence(logp_a.tolist(), logp_b.tolist(), mask.tolist(), "kl")
-    kl_ba = loop_divergence(logp_b.tolist(), logp_a.tolist(), mask.tolist(), "kl")
-    assert min(abs(x - y) for x, y in zip(kl_ab, kl_ba, strict=True)) > 1e-3  # the direction matters here
-    got = divergence_alignment_score(logp_a, logp_b, mask, "kl", 1.0, "tanh")
-    assert got.tolist() == pytest.approx([-math.tanh(d) for d in kl_ab], abs=1e-9)
-    js_ab = divergence_alignment_score(logp_a, logp_b, mask, "js", 1.0, "tanh")
-    js_ba = divergence_alignment_score(logp_b, logp_a, mask, "js", 1.0, "tanh")
-    torch.testing.assert_close(js_ab, js_ba)
+# ---- building blocks ----
 
 
 def test_info_nce_temperature_divides_scores():
     # -log(e^{-5} / (e^{-5} + e^{-9})) = log(1 + e^{-4})
     s1, s2 = torch.tensor([-0.5], dtype=torch.float64), torch.tensor([[-0.9]], dtype=torch.float64)
     loss = info_nce_from_scores(s1, s2, temperature=0.1)
-    assert loss.item() == pytest.approx(math.log1p(math.exp(-4.0)), rel=1e-6)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-4.0)), rel=1e-12)
 
 
 def test_reference_signs_differ_exactly_by_twice_the_reference_log_ratio():
@@ -268,9 +328,10 @@ def test_reference_signs_differ_exactly_by_twice_the_reference_log_ratio():
 
 def test_single_negative_may_be_given_as_a_vector():
     tensors, _ = random_log_probs(0, 1, average=False)
-    args = [tensors[name] for name in STRATEGY_LOG_PROBS[0]]
-    flat = [a.reshape(B) if a.dim() == 2 else a for a in args]
-    torch.testing.assert_close(cda_loss(*flat).per_example, cda_loss(*args).per_example)
+    flat = {spec: t.reshape(B) for spec, t in tensors.items()}
+    for strategy in STRATEGIES:
+        expected = strategy_loss(strategy, tensors).per_example
+        torch.testing.assert_close(strategy_loss(strategy, flat).per_example, expected)
 
 
 def test_sequence_log_probs_sum_and_mean_ignore_padding():
@@ -278,6 +339,23 @@ def test_sequence_log_probs_sum_and_mean_ignore_padding():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert sequence_log_probs(tokens, mask, average=False).tolist() == [-3.0, -3.0]
     assert sequence_log_probs(tokens, mask, average=True).tolist() == [-1.5, -3.0]
+
+
+def test_log_prob_definitions_are_distinct_and_readable():
+    assert len({spec.name for spec in ALL}) == len(ALL)
+    assert len({spec.key for spec in POLICY}) == len(POLICY)
+    assert str(POS_GIVEN_QUERY) == "lp(d+ | e_{q,I_next})"
+    assert str(NEG_GIVEN_NEG.reference) == "lp_ref(d-_i | e_{d-_i,I_self})"
+    assert NEG_GIVEN_NEG.reference.key == NEG_GIVEN_NEG.key and NEG_GIVEN_NEG.reference.name != NEG_GIVEN_NEG.name
+    assert {spec for spec in POLICY if spec.per_negative} == {
+        NEG_GIVEN_QUERY,
+        NEG_GIVEN_NEG,
+        NEG_GIVEN_POS,
+        POS_GIVEN_NEG,
+        QUERY_GIVEN_NEG,
+    }
+    with pytest.raises(ValueError, match=r"LogProb.instruction must be one of \['next', 'self', 'prev'\]"):
+        LogProb("pos", "query", "other")
 
 
 # ---- gradients and stability ----
@@ -296,12 +374,13 @@ def default_inputs(dtype=torch.float64) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("bound", BOUNDS)
 @pytest.mark.parametrize("sign", REFERENCE_SIGNS)
+@pytest.mark.parametrize("negatives", MULTI_NEGATIVE_LOSSES)
 @pytest.mark.parametrize(("index", "direction"), [(0, -1.0), (2, 1.0)])
-def test_gradient_signs(bound, sign, index, direction):
+def test_gradient_signs(bound, sign, negatives, index, direction):
     """Raising lp(d+ | e_q) (index 0) lowers the loss; raising lp(d- | e_q) (index 2) raises it."""
     inputs = default_inputs()
     inputs[index].requires_grad_(True)
-    options_ = {"beta": 0.1, "temperature": 0.05, "bound": bound, "reference_sign": sign}
+    options_ = {"beta": 0.1, "temperature": 0.05, "bound": bound, "reference_sign": sign, "multi_negative": negatives}
     cda_loss(*inputs, **options_).loss.backward()
     grad = inputs[index].grad
     assert (direction * grad > 0).all()
@@ -320,13 +399,13 @@ def test_gradient_signs(bound, sign, index, direction):
 
 @pytest.mark.parametrize("bound", BOUNDS)
 @pytest.mark.parametrize("sign", REFERENCE_SIGNS)
-@pytest.mark.parametrize("strategy", sorted(STRATEGY_LOG_PROBS))
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_huge_log_probs_give_finite_loss_and_gradients(bound, sign, strategy):
     gen = torch.Generator().manual_seed(0)
     log_probs = {}
-    for name in STRATEGY_LOG_PROBS[strategy]:
-        shape = (B, 2) if name in PER_NEGATIVE else (B,)
-        log_probs[name] = (-1e4 * torch.rand(shape, generator=gen)).requires_grad_(True)
+    for spec in STRATEGIES[strategy].log_probs:
+        shape = (B, 2) if spec.per_negative else (B,)
+        log_probs[spec] = (-1e4 * torch.rand(shape, generator=gen)).requires_grad_(True)
     out = strategy_loss(strategy, log_probs, temperature=0.05, bound=bound, reference_sign=sign)
     out.loss.backward()
     assert torch.isfinite(out.loss)
@@ -336,11 +415,11 @@ def test_huge_log_probs_give_finite_loss_and_gradients(bound, sign, strategy):
 def test_divergence_gradients_are_finite_for_peaked_distributions():
     logits = torch.full((1, 2, V), -1e4, dtype=torch.float32)
     logits[..., 0] = 0.0
-    logp_a = logits.log_softmax(-1).requires_grad_(True)
-    logp_b = torch.randn(1, 2, V).log_softmax(-1).requires_grad_(True)
+    log_p = logits.log_softmax(-1).requires_grad_(True)
+    log_q = torch.randn(1, 2, V).log_softmax(-1).requires_grad_(True)
     for kind in ("kl", "js"):
-        divergence_alignment_score(logp_a, logp_b, torch.ones(1, 2), kind, 0.1).sum().backward()
-    assert torch.isfinite(logp_a.grad).all() and torch.isfinite(logp_b.grad).all()
+        mean_divergence(log_p, log_q, torch.ones(1, 2), kind).sum().backward()
+    assert torch.isfinite(log_p.grad).all() and torch.isfinite(log_q.grad).all()
 
 
 # ---- errors ----
@@ -364,9 +443,11 @@ def test_unknown_option_names_list_the_valid_ones():
         cda_loss(*default_inputs(), bound="relu")
     with pytest.raises(ValueError, match="Unknown reference_sign 'dpo'; valid: 'paper', 'official'"):
         cda_loss(*default_inputs(), reference_sign="dpo")
+    with pytest.raises(ValueError, match="Unknown multi_negative 'max'; valid: 'one_denominator', 'mean_of_binary'"):
+        cda_loss(*default_inputs(), multi_negative="max")
     logp = torch.zeros(1, 2, V).log_softmax(-1)
     with pytest.raises(ValueError, match="Unknown divergence 'tv'; valid: 'kl', 'js'"):
-        divergence_alignment_score(logp, logp, torch.ones(1, 2), "tv", 0.1)
+        mean_divergence(logp, logp, torch.ones(1, 2), "tv")
     with pytest.raises(ValueError, match="Unknown strategy 5; valid: 0, 1, 2, 3, 4"):
         strategy_loss(5, {})
 
@@ -384,27 +465,23 @@ def test_non_finite_input_is_named(bad):
     with pytest.raises(ValueError, match="ref_pos_next contains non-finite values"):
         cda_loss(*inputs)
     tensors, _ = random_log_probs(0, 1, average=False)
-    tensors["policy_query_self"][0] = bad
-    with pytest.raises(ValueError, match="policy_query_self contains non-finite values"):
+    tensors[QUERY_GIVEN_QUERY][0] = bad
+    with pytest.raises(ValueError, match="policy_query_given_query_self contains non-finite values"):
         strategy_loss(1, tensors)
 
 
-def test_strategy_errors():
+def test_missing_log_probs_are_listed_with_their_meaning():
     tensors, _ = random_log_probs(0, 1, average=False)
-    partial = {name: tensors[name] for name in STRATEGY_LOG_PROBS[0]}
-    expected = r"Strategy 3 needs log-probs \['policy_neg_self_pos', 'ref_pos_self', 'ref_neg_self_pos'\]"
-    with pytest.raises(ValueError, match=expected):
+    partial = {spec: tensors[spec] for spec in STRATEGIES[0].log_probs}
+    with pytest.raises(ValueError, match=r"Strategy 3 needs the log-probs .*policy_neg_given_pos_self = lp\(d-_i"):
         strategy_loss(3, partial)
-    with pytest.raises(ValueError, match="s1_override applies to the d\\+ alignment term"):
-        strategy_loss(1, tensors, s1_override=torch.zeros(B))
+    distributions, _ = random_distributions(0, 1)
+    del distributions[NEG_GIVEN_NEG]
+    with pytest.raises(ValueError, match=r"kl similarity needs the distributions of .*policy_neg_given_neg_self"):
+        divergence_loss("kl", distributions)
 
 
 def test_divergence_shape_errors():
     logp = torch.zeros(B, T, V).log_softmax(-1)
-    with pytest.raises(ValueError, match=r"target_mask \(3, 5\) must be \(B, T\)"):
-        divergence_alignment_score(logp, logp, torch.ones(B, T - 1), "kl", 0.1)
-
-
-def test_every_strategy_name_is_documented_and_negatives_are_the_names_with_neg():
-    assert {name for names in STRATEGY_LOG_PROBS.values() for name in names} == set(LOG_PROB_MEANINGS)
-    assert {name for name in LOG_PROB_MEANINGS if "neg" in name} == PER_NEGATIVE
+    with pytest.raises(ValueError, match=r"target_mask \(3, 5\) must be \(\.\.\., T\)"):
+        mean_divergence(logp, logp, torch.ones(B, T - 1), "kl")

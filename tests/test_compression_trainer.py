@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import QUIET_CPU_RUN, SHARED_DATA, make_tiny_model
 from datasets import Dataset
+from helpers import SHARED_DATA, make_config, make_tiny_model, make_trainer, requires_shared_data
 from peft import LoraConfig
 from transformers import TrainerCallback
 
@@ -41,26 +41,6 @@ PARITY_ROWS = [
 LORA_MODULES = ["q_proj", "v_proj"]
 
 
-def make_config(tmp_path, **overrides) -> CompressionConfig:
-    options = dict(QUIET_CPU_RUN, output_dir=str(tmp_path / "out"), per_device_train_batch_size=4)
-    options.update(overrides)
-    return CompressionConfig(**options)
-
-
-def make_trainer(tmp_path, tokenizer, model=None, rows=ROWS, **overrides) -> CompressionTrainer:
-    """A trainer on a tiny llama; it works on a copy of ``tokenizer`` (use ``trainer.processing_class``)."""
-    peft_config = overrides.pop("peft_config", None)
-    tokenizer = copy.deepcopy(tokenizer)  # the trainer adds the compress tokens; later models must not see them
-    model = make_tiny_model("llama", tokenizer) if model is None else model
-    return CompressionTrainer(
-        model=model,
-        args=make_config(tmp_path, **overrides),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-
-
 def logged_losses(trainer: CompressionTrainer) -> list[tuple[int, float]]:
     return [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
 
@@ -81,7 +61,14 @@ def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_loss_equals_mean_target_nll_computed_independently(tmp_path, tokenizer, arch):
     k = 3
-    trainer = make_trainer(tmp_path, tokenizer, model=make_tiny_model(arch, tokenizer, seed=1), num_compress_tokens=k)
+    trainer = make_trainer(
+        CompressionTrainer,
+        tmp_path,
+        tokenizer,
+        model=make_tiny_model(arch, tokenizer, seed=1),
+        num_compress_tokens=k,
+        rows=ROWS,
+    )
     trainer.model.eval()  # gpt2 has dropout; the reference below runs without it
     rows = ROWS[:4]
     batch = trainer.data_collator(rows)
@@ -90,7 +77,7 @@ def test_loss_equals_mean_target_nll_computed_independently(tmp_path, tokenizer,
 
     # Independent reference: one unpadded row at a time, the model's own full forward, float64 log-softmax.
     ids_k = compress_ids(trainer.processing_class, k)
-    decoder = trainer.frozen_decoder.decoder
+    decoder = trainer.frozen_decoder.model
     total, count = 0.0, 0
     with torch.no_grad():
         for b in range(len(rows)):
@@ -118,7 +105,12 @@ def test_loss_equals_mean_target_nll_computed_independently(tmp_path, tokenizer,
 def test_readout_gain_is_own_minus_previous_rows_states_computed_independently(tmp_path, tokenizer):
     k = 2
     trainer = make_trainer(
-        tmp_path, tokenizer, model=make_tiny_model("llama", tokenizer, seed=2), num_compress_tokens=k
+        CompressionTrainer,
+        tmp_path,
+        tokenizer,
+        model=make_tiny_model("llama", tokenizer, seed=2),
+        num_compress_tokens=k,
+        rows=ROWS,
     )
     trainer.model.eval()
     rows = ROWS[:4]
@@ -129,7 +121,7 @@ def test_readout_gain_is_own_minus_previous_rows_states_computed_independently(t
     assert len(logged) == 1
 
     # Independent reference: unpadded rows, float64 log-softmax; target i scored with row i's and row i-1's states.
-    decoder = trainer.frozen_decoder.decoder
+    decoder = trainer.frozen_decoder.model
     with torch.no_grad():
         states, targets = [], []
         for b in range(len(rows)):
@@ -149,7 +141,7 @@ def test_readout_gain_is_own_minus_previous_rows_states_computed_independently(t
 
 
 def test_readout_gain_is_logged_in_evaluation_only(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, max_steps=2, logging_steps=1)
+    trainer = make_trainer(CompressionTrainer, tmp_path, tokenizer, max_steps=2, logging_steps=1, rows=ROWS)
     trainer.train()
     assert not any("readout_gain" in entry for entry in trainer.state.log_history)
     metrics = trainer.evaluate(Dataset.from_list(ROWS))
@@ -164,10 +156,10 @@ def test_readout_gain_is_logged_in_evaluation_only(tmp_path, tokenizer):
 
 
 def test_full_finetuning_gradients_reach_encoder_only(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer)
-    decoder = trainer.frozen_decoder.decoder
+    trainer = make_trainer(CompressionTrainer, tmp_path, tokenizer, rows=ROWS)
+    decoder = trainer.frozen_decoder.model
     assert decoder is not None and decoder is not trainer.model
-    assert not trainer.frozen_decoder.shares_encoder_weights
+    assert not trainer.frozen_decoder.shares_policy_weights
     assert not decoder.training
     encoder_ptrs = {p.data_ptr() for p in trainer.model.parameters()}
     assert not encoder_ptrs & {p.data_ptr() for p in decoder.parameters()}  # a real copy, not shared storage
@@ -191,9 +183,11 @@ def test_full_finetuning_gradients_reach_encoder_only(tmp_path, tokenizer):
 
 def test_lora_gradients_reach_only_adapters_and_compress_rows(tmp_path, tokenizer):
     base_copy = copy.deepcopy(make_tiny_model("llama", tokenizer))
-    trainer = make_trainer(tmp_path, tokenizer, peft_config=LoraConfig(r=4, target_modules=LORA_MODULES))
-    assert trainer.frozen_decoder.shares_encoder_weights
-    assert trainer.frozen_decoder.decoder is None  # no second copy of the model
+    trainer = make_trainer(
+        CompressionTrainer, tmp_path, tokenizer, peft_config=LoraConfig(r=4, target_modules=LORA_MODULES), rows=ROWS
+    )
+    assert trainer.frozen_decoder.shares_policy_weights
+    assert trainer.frozen_decoder.model is None  # no second copy of the model
     with trainer.frozen_decoder() as decoder:
         assert decoder is trainer.model
 
@@ -232,16 +226,16 @@ def test_lora_gradients_reach_only_adapters_and_compress_rows(tmp_path, tokenize
 
 
 def test_decoder_stays_the_original_model_during_full_finetuning(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, max_steps=2, learning_rate=1e-2)
-    decoder_before = {n: p.detach().clone() for n, p in trainer.frozen_decoder.decoder.named_parameters()}
+    trainer = make_trainer(CompressionTrainer, tmp_path, tokenizer, max_steps=2, learning_rate=1e-2, rows=ROWS)
+    decoder_before = {n: p.detach().clone() for n, p in trainer.frozen_decoder.model.named_parameters()}
     encoder_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     original = make_tiny_model("llama", tokenizer)  # the same seed: the weights the decoder must keep
     trainer.train()
-    for name, param in trainer.frozen_decoder.decoder.named_parameters():
+    for name, param in trainer.frozen_decoder.model.named_parameters():
         torch.testing.assert_close(param, decoder_before[name], rtol=0, atol=0)
     q_name = "model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(
-        trainer.frozen_decoder.decoder.get_parameter(q_name), original.get_parameter(q_name), rtol=0, atol=0
+        trainer.frozen_decoder.model.get_parameter(q_name), original.get_parameter(q_name), rtol=0, atol=0
     )
     assert (trainer.model.get_parameter(q_name) - encoder_before[q_name]).abs().max() > 1e-4
 
@@ -258,7 +252,14 @@ def test_loss_decreases_when_overfitting_eight_rows(tmp_path, tokenizer):
     # 3 nats and a final loss under 8, well inside that.
     model = make_tiny_model("llama", tokenizer, seed=0, hidden_size=64, intermediate_size=128, initializer_range=0.2)
     trainer = make_trainer(
-        tmp_path, tokenizer, model=model, rows=PARITY_ROWS, num_train_epochs=15, learning_rate=1e-3, seed=0
+        CompressionTrainer,
+        tmp_path,
+        tokenizer,
+        model=model,
+        rows=PARITY_ROWS,
+        num_train_epochs=15,
+        learning_rate=1e-3,
+        seed=0,
     )
     trainer.train()
     losses = [loss for _, loss in logged_losses(trainer)]
@@ -280,6 +281,7 @@ def test_loss_decreases_when_overfitting_eight_rows(tmp_path, tokenizer):
 
 def _one_sgd_update(tmp_path, tokenizer, batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
     trainer = make_trainer(
+        CompressionTrainer,
         tmp_path / f"b{batch_size}x{accumulation}",
         tokenizer,
         rows=PARITY_ROWS[:4],
@@ -332,12 +334,14 @@ def _first_step(tmp_path, tokenizer, checkpointing: bool, lora: bool):
     torch.manual_seed(0)  # init_lora_weights=False draws random (non-zero) adapters: the same ones in both runs
     capture = _CaptureFirstStep()
     trainer = make_trainer(
+        CompressionTrainer,
         tmp_path / f"gc{checkpointing}",
         tokenizer,
         max_steps=2,
         learning_rate=1e-3,
         gradient_checkpointing=checkpointing,
         peft_config=peft_config,
+        rows=ROWS,
     )
     capture.trainer = trainer
     trainer.add_callback(capture)
@@ -372,7 +376,14 @@ def test_decoder_runs_in_eval_mode_while_the_encoder_trains(tmp_path, tokenizer,
     # gpt2 has dropout: a frozen decoder in train mode would give random log-probs (and differ between LoRA and
     # full fine-tuning). The encoder's own mode must be restored afterwards.
     peft_config = LoraConfig(r=4, target_modules=["c_attn"]) if lora else None
-    trainer = make_trainer(tmp_path, tokenizer, model=make_tiny_model("gpt2", tokenizer), peft_config=peft_config)
+    trainer = make_trainer(
+        CompressionTrainer,
+        tmp_path,
+        tokenizer,
+        model=make_tiny_model("gpt2", tokenizer),
+        peft_config=peft_config,
+        rows=ROWS,
+    )
     trainer.model.train()
     batch = trainer.data_collator(ROWS[:2])
     target = batch["target_ids"][:1, : int(batch["target_mask"][0].sum())]
@@ -398,7 +409,9 @@ def _cpu_bf16_autocast_works() -> bool:
 
 @pytest.mark.skipif(not _cpu_bf16_autocast_works(), reason="this CPU/torch build has no bf16 autocast")
 def test_bf16_on_cpu_trains_with_finite_loss(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, bf16=True, max_steps=2, learning_rate=1e-3)
+    trainer = make_trainer(
+        CompressionTrainer, tmp_path, tokenizer, bf16=True, max_steps=2, learning_rate=1e-3, rows=ROWS
+    )
     trainer.train()
     losses = [loss for _, loss in logged_losses(trainer)]
     assert len(losses) == 2
@@ -434,7 +447,9 @@ def test_save_and_load_full_finetuned_encoder(tmp_path, tokenizer):
     base_dir = tmp_path / "base"
     make_tiny_model("llama", tokenizer).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    trainer = make_trainer(tmp_path, tokenizer, model=str(base_dir), max_steps=2, learning_rate=1e-2)
+    trainer = make_trainer(
+        CompressionTrainer, tmp_path, tokenizer, model=str(base_dir), max_steps=2, learning_rate=1e-2, rows=ROWS
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
     final = tmp_path / "final"
@@ -456,12 +471,14 @@ def test_save_and_load_lora_adapter_encoder(tmp_path, tokenizer):
     make_tiny_model("llama", tokenizer).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     trainer = make_trainer(
+        CompressionTrainer,
         tmp_path,
         tokenizer,
         model=str(base_dir),
         max_steps=2,
         learning_rate=1e-2,
         peft_config=LoraConfig(r=4, target_modules=LORA_MODULES),
+        rows=ROWS,
     )
     trainer.train()
     expected = _embeddings(trainer.model, trainer.processing_class, trainer.encoder_settings)
@@ -481,7 +498,9 @@ def test_save_and_load_lora_adapter_encoder(tmp_path, tokenizer):
 
 
 def test_adapter_checkpoint_of_an_unnamed_model_fails_clearly_on_load(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, peft_config=LoraConfig(r=4, target_modules=LORA_MODULES))
+    trainer = make_trainer(
+        CompressionTrainer, tmp_path, tokenizer, peft_config=LoraConfig(r=4, target_modules=LORA_MODULES), rows=ROWS
+    )
     assert trainer.model.get_base_model().name_or_path == ""
     trainer.args.merge_adapter_on_save = False
     trainer.save_model(str(tmp_path / "final"))
@@ -499,12 +518,14 @@ def test_resume_from_checkpoint_continues_at_saved_step(tmp_path, tokenizer):
         seed=0,
     )
     # The reference: 6 uninterrupted steps.
-    reference = make_trainer(tmp_path / "ref", tokenizer, max_steps=6, **common)
+    reference = make_trainer(CompressionTrainer, tmp_path / "ref", tokenizer, max_steps=6, **common)
     reference.train()
     reference_losses = dict(logged_losses(reference))
 
     output = tmp_path / "resumed"
-    first = make_trainer(output, tokenizer, max_steps=4, save_strategy="steps", save_steps=2, **common)
+    first = make_trainer(
+        CompressionTrainer, output, tokenizer, max_steps=4, save_strategy="steps", save_steps=2, **common
+    )
     first.train()
     checkpoint = output / "out" / "checkpoint-4"
     assert (checkpoint / SETTINGS_FILE).is_file() and (checkpoint / "optimizer.pt").is_file()
@@ -515,7 +536,7 @@ def test_resume_from_checkpoint_continues_at_saved_step(tmp_path, tokenizer):
         def on_step_end(self, args, state, control, **kwargs):
             steps_run.append(state.global_step)
 
-    second = make_trainer(output, tokenizer, max_steps=6, **common)
+    second = make_trainer(CompressionTrainer, output, tokenizer, max_steps=6, **common)
     second.add_callback(RecordSteps())
     second.train(resume_from_checkpoint=True)
     assert steps_run == [5, 6]
@@ -533,17 +554,19 @@ def test_decoder_is_original_llm_when_continuing_from_a_checkpoint(tmp_path, tok
     base_dir = tmp_path / "base"
     make_tiny_model("llama", tokenizer).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    first = make_trainer(tmp_path / "a", tokenizer, model=str(base_dir), max_steps=2, learning_rate=1e-2)
+    first = make_trainer(
+        CompressionTrainer, tmp_path / "a", tokenizer, model=str(base_dir), max_steps=2, learning_rate=1e-2, rows=ROWS
+    )
     first.train()
     first.save_model(str(tmp_path / "stage1"))
     second = CompressionTrainer(
         model=str(tmp_path / "stage1"),
-        args=make_config(tmp_path / "b"),
+        args=make_config(CompressionConfig, tmp_path / "b"),
         train_dataset=Dataset.from_list(ROWS),
     )
     name = "model.layers.0.self_attn.q_proj.weight"
     original = make_tiny_model("llama", tokenizer).get_parameter(name)
-    torch.testing.assert_close(second.frozen_decoder.decoder.get_parameter(name), original, rtol=0, atol=0)
+    torch.testing.assert_close(second.frozen_decoder.model.get_parameter(name), original, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -552,7 +575,15 @@ def test_decoder_is_original_llm_when_continuing_from_a_checkpoint(tmp_path, tok
 
 
 def test_non_finite_loss_raises_naming_the_step(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, per_device_train_batch_size=2, max_steps=5, learning_rate=1e-3)
+    trainer = make_trainer(
+        CompressionTrainer,
+        tmp_path,
+        tokenizer,
+        per_device_train_batch_size=2,
+        max_steps=5,
+        learning_rate=1e-3,
+        rows=ROWS,
+    )
 
     class PoisonAfterStep2(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -576,7 +607,7 @@ def _construct(tmp_path, tokenizer, rows_or_dataset, **overrides) -> Compression
     dataset = rows_or_dataset if isinstance(rows_or_dataset, Dataset) else Dataset.from_list(rows_or_dataset)
     return CompressionTrainer(
         model=make_tiny_model("llama", tokenizer),
-        args=make_config(tmp_path, **overrides),
+        args=make_config(CompressionConfig, tmp_path, **overrides),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -609,7 +640,7 @@ def test_eval_dataset_is_validated_too(tmp_path, tokenizer):
     with pytest.raises(DataValidationError, match=r"Column 'target', row 1: empty text"):
         CompressionTrainer(
             model=make_tiny_model("llama", tokenizer),
-            args=make_config(tmp_path),
+            args=make_config(CompressionConfig, tmp_path),
             train_dataset=Dataset.from_list(ROWS),
             eval_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
@@ -633,11 +664,36 @@ def test_empty_dataset_is_rejected(tmp_path, tokenizer):
         _construct(tmp_path, tokenizer, empty)
 
 
-def test_tokenizer_without_pad_token_says_how_to_fix(tmp_path, tokenizer):
+@pytest.mark.parametrize(
+    ("choice", "unk", "expected"),
+    [("auto", "<|endoftext|>", "<|endoftext|>"), ("auto", None, "eos"), ("eos", "<|endoftext|>", "eos")],
+)
+def test_tokenizer_without_pad_token_gets_one(tmp_path, tokenizer, caplog, choice, unk, expected):
+    """LLaMA-2 / Mistral tokenizers have no pad token: 'auto' takes UNK (else EOS); the choice is logged."""
     tokenizer.pad_token = None
+    tokenizer.unk_token = unk
     assert tokenizer.pad_token_id is None
-    with pytest.raises(ValueError, match=r"no pad token.*tokenizer\.pad_token = tokenizer\.eos_token"):
-        _construct(tmp_path, tokenizer, ROWS)
+    with caplog.at_level("INFO"):
+        trainer = _construct(tmp_path, tokenizer, ROWS, pad_token=choice)
+    expected = tokenizer.eos_token if expected == "eos" else expected
+    assert trainer.processing_class.pad_token == expected
+    assert f"using its {'eos' if expected == tokenizer.eos_token else 'unk'} token" in caplog.text
+    batch = trainer.data_collator(ROWS[:2])
+    pad_id = trainer.processing_class.pad_token_id
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == pad_id).all()
+    assert (batch["target_ids"][batch["target_mask"] == 0] == pad_id).all()
+    lengths = batch["target_mask"].sum(dim=1)
+    last = batch["target_ids"][torch.arange(2), lengths - 1]
+    assert (last == tokenizer.eos_token_id).all()  # every target keeps its EOS, even when pad = EOS
+
+
+def test_pad_token_choice_must_exist(tmp_path, tokenizer):
+    tokenizer.pad_token = None
+    tokenizer.unk_token = None
+    with pytest.raises(ValueError, match="pad_token='unk': the tokenizer has no UNK token"):
+        _construct(tmp_path, tokenizer, ROWS, pad_token="unk")
+    with pytest.raises(ValueError, match="pad_token must be one of"):
+        make_config(CompressionConfig, tmp_path, pad_token="bos")
 
 
 def test_tokenizer_without_bos_with_add_bos(tmp_path, tokenizer):
@@ -656,18 +712,17 @@ def test_num_compress_tokens_mismatch_with_checkpoint(tmp_path, tokenizer):
     trainer = _construct(tmp_path / "a", tokenizer, ROWS, num_compress_tokens=2)
     checkpoint = tmp_path / "stage1"
     trainer.save_model(str(checkpoint))
-    with pytest.raises(
-        ValueError, match=r"trained with num_compress_tokens=2, but the config asks for 3\. Set num_compress_tokens=2"
-    ):
+    expected = r"num_compress_tokens=3 differs .*trained with num_compress_tokens=2.*Set num_compress_tokens=2"
+    with pytest.raises(ValueError, match=expected):
         CompressionTrainer(
             model=str(checkpoint),
-            args=make_config(tmp_path / "b", num_compress_tokens=3),
+            args=make_config(CompressionConfig, tmp_path / "b", num_compress_tokens=3),
             train_dataset=Dataset.from_list(ROWS),
         )
     # with the matching k the checkpoint loads, and its saved settings are kept
     again = CompressionTrainer(
         model=str(checkpoint),
-        args=make_config(tmp_path / "c", num_compress_tokens=2),
+        args=make_config(CompressionConfig, tmp_path / "c", num_compress_tokens=2),
         train_dataset=Dataset.from_list(ROWS),
     )
     assert again.encoder_settings.num_compress_tokens == 2
@@ -712,11 +767,12 @@ def test_truncation_in_the_trainer_collator(tmp_path, tokenizer):
     assert trainer.data_collator.truncations["text"] == 2
 
 
+@requires_shared_data
 def test_load_rows_shared_file_trains_in_trainer(tmp_path, tokenizer):
     rows = load_rows(SHARED_DATA / "compression" / "xquad_en.jsonl").select(range(4))
     trainer = CompressionTrainer(
         model=make_tiny_model("llama", tokenizer),
-        args=make_config(tmp_path, max_steps=1, max_text_length=32, max_target_length=16),
+        args=make_config(CompressionConfig, tmp_path, max_steps=1, max_text_length=32, max_target_length=16),
         train_dataset=rows,
         processing_class=tokenizer,
     )
@@ -729,12 +785,14 @@ def test_load_rows_shared_file_trains_in_trainer(tmp_path, tokenizer):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@requires_shared_data
 @pytest.mark.slow
 def test_real_smollm2_few_steps_lower_the_loss(tmp_path, default_model_dir):
     rows = load_rows(SHARED_DATA / "compression" / "squad2_devhalf_answerable.jsonl").select(range(8))
     trainer = CompressionTrainer(
         model=None,
         args=make_config(
+            CompressionConfig,
             tmp_path,
             per_device_train_batch_size=2,
             per_device_eval_batch_size=4,

@@ -3,13 +3,12 @@ ContrastiveTrainer (batched loss vs row-by-row encoding, training, metrics, savi
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
-from conftest import QUIET_CPU_RUN, make_tiny_model
 from datasets import Dataset
+from helpers import make_config, make_trainer, triplet_rows
 from peft import LoraConfig
 
 import autoreg_embed
@@ -23,44 +22,6 @@ from autoreg_embed.trainers.base_trainer import mean_pairwise_cosine
 RETRIEVAL = INSTRUCTION_PRESETS["retrieval"]
 """Distinct I_next / I_self, so that a query row and a document row of the same text differ."""
 LORA_MODULES = ["q_proj", "v_proj"]
-
-
-def contrastive_rows(count: int, num_negatives: int = 1) -> list[dict]:
-    return [
-        {
-            "query": f"Query {i}: where do cats sleep?" + " Really." * (i % 3),
-            "pos": f"Cats sleep {i} hours on warm sofas.",
-            "neg": [f"Car number {i}.{j} needs diesel fuel" + "!" * j for j in range(num_negatives)],
-        }
-        for i in range(count)
-    ]
-
-
-def contrastive_args(tmp_path, **overrides) -> ContrastiveConfig:
-    options = dict(
-        QUIET_CPU_RUN,
-        output_dir=str(tmp_path / "contrastive"),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        max_steps=1,
-        learning_rate=1e-3,
-        instructions="retrieval",
-        max_text_length=32,
-        max_instruction_length=32,
-    )
-    options.update(overrides)
-    return ContrastiveConfig(**options)
-
-
-def make_trainer(tmp_path, tokenizer, rows=None, seed: int = 0, peft_config=None, **overrides) -> ContrastiveTrainer:
-    """A ContrastiveTrainer on a tiny Llama; ``tokenizer`` is copied, so every trainer adds its compress tokens."""
-    return ContrastiveTrainer(
-        model=make_tiny_model("llama", tokenizer, seed),
-        args=contrastive_args(tmp_path, **overrides),
-        train_dataset=None if rows is None else Dataset.from_list(rows),
-        processing_class=copy.deepcopy(tokenizer),
-        peft_config=peft_config,
-    )
 
 
 # ---- 1. info_nce_loss against a float64 loop ------------------------------------------------------------------
@@ -209,7 +170,7 @@ def encoder_texts(batch, tokenizer) -> list[str]:
 
 def test_collator_orders_queries_positives_then_negatives_row_major(tokenizer):
     collator = make_collator(tokenizer)
-    rows = contrastive_rows(3, num_negatives=2)
+    rows = triplet_rows(3, num_negatives=2)
     batch = collator(rows)
     assert int(batch["num_negatives"]) == 2
     assert batch["input_ids"].shape[0] == batch["attention_mask"].shape[0] == 3 * (2 + 2)
@@ -223,7 +184,7 @@ def test_collator_orders_queries_positives_then_negatives_row_major(tokenizer):
 
 def test_collator_without_negatives_and_with_a_single_string_negative(tokenizer):
     collator = make_collator(tokenizer)
-    rows = [{"query": row["query"], "pos": row["pos"]} for row in contrastive_rows(2)]
+    rows = [{"query": row["query"], "pos": row["pos"]} for row in triplet_rows(2)]
     batch = collator(rows)
     assert int(batch["num_negatives"]) == 0
     assert encoder_texts(batch, tokenizer) == [
@@ -240,17 +201,17 @@ def test_collator_without_negatives_and_with_a_single_string_negative(tokenizer)
 
 def test_collator_rejects_rows_with_different_numbers_of_negatives(tokenizer):
     collator = make_collator(tokenizer)
-    rows = contrastive_rows(2, num_negatives=2)
+    rows = triplet_rows(2, num_negatives=2)
     rows[1]["neg"] = ["Only one negative."]
     with pytest.raises(DataValidationError, match=r"different numbers of negatives \[1, 2\]"):
         collator(rows)
     with pytest.raises(DataValidationError, match=r"different numbers of negatives \[0, 2\]"):
-        collator([contrastive_rows(1, 2)[0], {"query": "A query.", "pos": "A positive."}])
+        collator([triplet_rows(1, 2)[0], {"query": "A query.", "pos": "A positive."}])
 
 
 def test_collator_names_column_and_row_of_bad_text(tokenizer):
     collator = make_collator(tokenizer)
-    rows = contrastive_rows(3)
+    rows = triplet_rows(3)
     rows[2]["pos"] = " "
     with pytest.raises(DataValidationError, match=r"Column 'pos', row 2: empty text"):
         collator(rows)
@@ -274,9 +235,15 @@ def row_by_row_embeddings(trainer: ContrastiveTrainer, texts: list[str], instruc
     [(5, "compress_mean", True), (0, "last", True), (5, "compress_mean", False)],
 )
 def test_compute_loss_equals_info_nce_of_row_by_row_embeddings(tmp_path, tokenizer, k, pooling, in_batch):
-    rows = contrastive_rows(3, num_negatives=2)
+    rows = triplet_rows(3, num_negatives=2)
     trainer = make_trainer(
-        tmp_path, tokenizer, num_compress_tokens=k, pooling=pooling, in_batch_negatives=in_batch, temperature=0.1
+        ContrastiveTrainer,
+        tmp_path,
+        tokenizer,
+        num_compress_tokens=k,
+        pooling=pooling,
+        in_batch_negatives=in_batch,
+        temperature=0.1,
     )
     assert trainer.encoder_settings.num_compress_tokens == k and trainer.encoder_settings.pooling == pooling
     queries = row_by_row_embeddings(trainer, [row["query"] for row in rows], RETRIEVAL["next"])
@@ -302,10 +269,10 @@ def test_compute_loss_equals_info_nce_of_row_by_row_embeddings(tmp_path, tokeniz
 
 
 def test_in_batch_negatives_change_the_loss(tmp_path, tokenizer):
-    rows = contrastive_rows(4, num_negatives=1)
+    rows = triplet_rows(4, num_negatives=1)
     losses = {}
     for in_batch in (True, False):
-        trainer = make_trainer(tmp_path, tokenizer, in_batch_negatives=in_batch)
+        trainer = make_trainer(ContrastiveTrainer, tmp_path, tokenizer, in_batch_negatives=in_batch)
         with torch.no_grad():
             losses[in_batch] = trainer.compute_loss(trainer.model, trainer.data_collator(rows)).item()
     assert all(math.isfinite(loss) for loss in losses.values())
@@ -314,8 +281,8 @@ def test_in_batch_negatives_change_the_loss(tmp_path, tokenizer):
 
 
 def test_rows_without_negatives_use_in_batch_negatives_only(tmp_path, tokenizer):
-    rows = [{"query": row["query"], "pos": row["pos"]} for row in contrastive_rows(3)]
-    trainer = make_trainer(tmp_path, tokenizer, rows=rows)
+    rows = [{"query": row["query"], "pos": row["pos"]} for row in triplet_rows(3)]
+    trainer = make_trainer(ContrastiveTrainer, tmp_path, tokenizer, rows=rows)
     queries = row_by_row_embeddings(trainer, [row["query"] for row in rows], RETRIEVAL["next"])
     positives = row_by_row_embeddings(trainer, [row["pos"] for row in rows], RETRIEVAL["self"])
     with torch.no_grad():
@@ -329,8 +296,9 @@ def test_rows_without_negatives_use_in_batch_negatives_only(tmp_path, tokenizer)
 
 
 def test_loss_falls_when_overfitting_and_the_saved_model_embeds_like_the_trainer(tmp_path, tokenizer):
-    rows = contrastive_rows(16)
+    rows = triplet_rows(16)
     trainer = make_trainer(
+        ContrastiveTrainer,
         tmp_path,
         tokenizer,
         rows=rows,
@@ -365,7 +333,7 @@ def test_loss_falls_when_overfitting_and_the_saved_model_embeds_like_the_trainer
     torch.testing.assert_close(query.float(), query_expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(document.float(), document_expected, rtol=0, atol=1e-5)
     assert (query - document).abs().max() > 1e-4  # the two prompts really differ
-    untrained = make_trainer(tmp_path, tokenizer)
+    untrained = make_trainer(ContrastiveTrainer, tmp_path, tokenizer)
     assert (row_by_row_embeddings(untrained, texts, RETRIEVAL["self"]) - document).abs().max() > 1e-4
 
 
@@ -380,10 +348,17 @@ def test_loss_falls_when_overfitting_and_the_saved_model_embeds_like_the_trainer
     ],
 )
 def test_lora_trains_only_the_adapters_and_compress_rows(tmp_path, tokenizer, k, pooling):
-    rows = contrastive_rows(4)
+    rows = triplet_rows(4)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_MODULES, init_lora_weights=False)
     trainer = make_trainer(
-        tmp_path, tokenizer, rows=rows, peft_config=lora, num_compress_tokens=k, pooling=pooling, learning_rate=1e-2
+        ContrastiveTrainer,
+        tmp_path,
+        tokenizer,
+        rows=rows,
+        peft_config=lora,
+        num_compress_tokens=k,
+        pooling=pooling,
+        learning_rate=1e-2,
     )
     model = trainer.model
     # with k = 0, PEFT still wraps the embeddings with an empty (0, H) trainable-tokens delta: nothing to train
@@ -401,20 +376,20 @@ def test_lora_trains_only_the_adapters_and_compress_rows(tmp_path, tokenizer, k,
 
 
 def test_missing_pos_column_is_an_error(tmp_path, tokenizer):
-    rows = [{"query": row["query"], "neg": row["neg"]} for row in contrastive_rows(3)]
+    rows = [{"query": row["query"], "neg": row["neg"]} for row in triplet_rows(3)]
     with pytest.raises(DataValidationError, match=r"train_dataset is missing column\(s\) \['pos'\]"):
-        make_trainer(tmp_path, tokenizer, rows=rows)
+        make_trainer(ContrastiveTrainer, tmp_path, tokenizer, rows=rows)
 
 
 def test_empty_query_names_column_and_row(tmp_path, tokenizer):
-    rows = contrastive_rows(3)
+    rows = triplet_rows(3)
     rows[1]["query"] = "  "
     with pytest.raises(DataValidationError, match=r"Column 'query', row 1: empty text"):
-        make_trainer(tmp_path, tokenizer, rows=rows)
-    rows = contrastive_rows(3)
+        make_trainer(ContrastiveTrainer, tmp_path, tokenizer, rows=rows)
+    rows = triplet_rows(3)
     rows[2]["neg"] = []
     with pytest.raises(DataValidationError, match=r"Column 'neg', row 2"):
-        make_trainer(tmp_path, tokenizer, rows=rows)
+        make_trainer(ContrastiveTrainer, tmp_path, tokenizer, rows=rows)
 
 
 @pytest.mark.parametrize(
@@ -428,7 +403,7 @@ def test_empty_query_names_column_and_row(tmp_path, tokenizer):
 )
 def test_invalid_options_raise_at_config_creation(tmp_path, option, pattern):
     with pytest.raises(ValueError, match=pattern):
-        contrastive_args(tmp_path, **option)
+        make_config(ContrastiveConfig, tmp_path, **option)
 
 
 def test_mean_pairwise_cosine_equals_a_float64_loop_and_flags_a_collapse():

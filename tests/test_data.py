@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA
 from datasets import Dataset
+from helpers import SHARED_DATA, compression_rows, requires_shared_data
 
 from autoreg_embed import EncoderInputBuilder, EncoderSettings
 from autoreg_embed.data import CompressionCollator, DataValidationError, TargetBuilder, load_rows, validate_rows
 from autoreg_embed.data.schema import check_text_list, require_columns
 
 COLUMNS = ("context", "instruction", "target")
-
-
-def rows(n: int = 5) -> list[dict]:
-    return [
-        {"context": f"Context number {i}.", "instruction": f"Question {i}?", "target": f"Answer {i}"} for i in range(n)
-    ]
 
 
 def ids(tokenizer, text: str) -> list[int]:
@@ -41,7 +35,10 @@ def compress_ids(tokenizer, k: int) -> list[int]:
 
 
 def test_valid_rows_are_counted():
-    assert validate_rows(rows(4), ("context", "target"), "train_dataset", optional_columns=("instruction",)) == 4
+    assert (
+        validate_rows(compression_rows(4), ("context", "target"), "train_dataset", optional_columns=("instruction",))
+        == 4
+    )
 
 
 def test_missing_column_names_it_and_suggests_rename():
@@ -52,28 +49,28 @@ def test_missing_column_names_it_and_suggests_rename():
 
 
 def test_empty_context_at_row_3():
-    data = rows()
+    data = compression_rows()
     data[3]["context"] = ""
     with pytest.raises(DataValidationError, match=r"^Column 'context', row 3: empty text"):
         validate_rows(data, ("context", "target"), "train_dataset")
 
 
 def test_whitespace_only_text_counts_as_empty():
-    data = rows()
+    data = compression_rows()
     data[1]["target"] = " \n\t"
     with pytest.raises(DataValidationError, match=r"^Column 'target', row 1: empty text"):
         validate_rows(data, ("context", "target"), "train_dataset")
 
 
 def test_int_target_at_row_2():
-    data = rows()
+    data = compression_rows()
     data[2]["target"] = 7
     with pytest.raises(DataValidationError, match=r"^Column 'target', row 2: expected a string, got int \(7\)"):
         validate_rows(data, ("context", "target"), "train_dataset")
 
 
 def test_none_instruction_is_allowed_but_a_non_string_one_is_not():
-    data = rows()
+    data = compression_rows()
     data[0]["instruction"] = None
     data[1]["instruction"] = ""
     assert validate_rows(data, ("context", "target"), "d", optional_columns=("instruction",)) == 5
@@ -212,11 +209,11 @@ def test_left_padding_keeps_compress_tokens_last(tokenizer):
 
 def test_collator_rejects_bad_rows_naming_column_and_row(tokenizer):
     collator = make_collator(tokenizer)
-    features = rows(4)
+    features = compression_rows(4)
     features[2]["target"] = 7
     with pytest.raises(DataValidationError, match=r"^Column 'target', row 2: expected a string, got int"):
         collator(features)
-    features = rows(4)
+    features = compression_rows(4)
     features[1]["context"] = ""
     with pytest.raises(DataValidationError, match=r"^Column 'context', row 1: empty text"):
         collator(features)
@@ -253,7 +250,7 @@ def test_builder_without_compress_tokens_says_how_to_add_them(tokenizer):
 
 def test_load_rows_jsonl(tmp_path):
     path = tmp_path / "tiny.jsonl"
-    data = rows(3)
+    data = compression_rows(3)
     data[1]["instruction"] = ""
     path.write_text("".join(json.dumps(row) + "\n" for row in data), encoding="utf-8")
     loaded = load_rows(path)
@@ -279,10 +276,11 @@ def test_load_rows_missing_file(tmp_path):
 
 
 def test_load_rows_passes_a_dataset_through():
-    dataset = Dataset.from_list(rows(2))
+    dataset = Dataset.from_list(compression_rows(2))
     assert load_rows(dataset) is dataset
 
 
+@requires_shared_data
 def test_load_rows_shared_compression_file():
     loaded = load_rows(SHARED_DATA / "compression" / "xquad_en.jsonl")
     assert set(COLUMNS) <= set(loaded.column_names)

@@ -15,23 +15,28 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset, DatasetDict
+from helpers import sts_rows, write_jsonl, write_sts_file
 from scipy.stats import pearsonr, spearmanr
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
 
 from autoreg_embed.evaluation import (
+    PAPER_STS,
     LocalSTSTask,
     evaluate_mteb,
     evaluate_retrieval,
     evaluate_sts,
+    format_paper_sts,
     format_summary,
     get_mteb_tasks,
     load_beir_folder,
     load_sts_rows,
+    paper_sts_average,
+    paper_sts_tasks,
     write_results,
 )
 
-STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sts" / "stsb_dev.jsonl"
 INV_LOG2_3 = 1 / math.log2(3)  # nDCG gain discount at rank 2
 
 
@@ -86,16 +91,6 @@ def prompts_used(model: SentenceTransformer) -> dict[str, set[str | None]]:
     return used
 
 
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
-def stsb_rows(n: int) -> list[dict[str, Any]]:
-    with STSB_DEV.open(encoding="utf-8") as lines:
-        return [json.loads(next(lines)) for _ in range(n)]
-
-
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -104,11 +99,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --- STS ---------------------------------------------------------------------------------------------------
 
 
-def test_sts_equals_spearman_of_cosines_with_document_prompt():
+def test_sts_equals_spearman_of_cosines_with_document_prompt(tmp_path):
     model = bow_model({"query": "question: ", "document": "passage: "})
-    result = evaluate_sts(model, STSB_DEV, limit=20)
+    result = evaluate_sts(model, write_sts_file(tmp_path / "sts.jsonl", 30), limit=20)
 
-    rows = stsb_rows(20)
+    rows = sts_rows(20)
     assert {prompt for prompts in prompts_used(model).values() for prompt in prompts} == {"passage: "}
     sims = cosines(
         model.encode_document([row["sentence1"] for row in rows]),
@@ -131,7 +126,7 @@ def test_sts_equals_spearman_of_cosines_with_document_prompt():
 )
 def test_sts_prompt_picked_by_mteb(prompts, expected):
     model = bow_model(prompts)
-    rows = stsb_rows(5)
+    rows = sts_rows(5)
     evaluate_sts(model, rows)
     assert set(prompts_used(model)) == {row["sentence1"] for row in rows} | {row["sentence2"] for row in rows}
     assert all(used == {expected} for used in prompts_used(model).values())
@@ -139,12 +134,12 @@ def test_sts_prompt_picked_by_mteb(prompts, expected):
 
 # mteb warns that it ignores prompt names like "paraphrase" (not an mteb task name, type or prompt type).
 @pytest.mark.filterwarnings("ignore:Task name paraphrase is not valid", "ignore:Some prompts are not in the")
-def test_sts_named_prompt():
+def test_sts_named_prompt(tmp_path):
     model = bow_model({"query": "q: ", "document": "d: ", "paraphrase": "same meaning: "})
-    result = evaluate_sts(model, STSB_DEV, prompt_name="paraphrase", limit=20)
+    result = evaluate_sts(model, write_sts_file(tmp_path / "sts.jsonl", 30), prompt_name="paraphrase", limit=20)
     assert all(used == {"same meaning: "} for used in prompts_used(model).values())
 
-    rows = stsb_rows(20)
+    rows = sts_rows(20)
     sims = cosines(
         model.encode([row["sentence1"] for row in rows], prompt_name="paraphrase"),
         model.encode([row["sentence2"] for row in rows], prompt_name="paraphrase"),
@@ -160,13 +155,15 @@ def test_sts_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="STS file not found"):
         evaluate_sts(bow_model(), tmp_path / "missing.jsonl")
     path = write_jsonl(tmp_path / "no_score.jsonl", [good, {"sentence1": "a", "sentence2": "b"}])
-    with pytest.raises(ValueError, match=r"no_score.jsonl, row 2: missing column 'score'"):
+    with pytest.raises(ValueError, match=r"no_score.jsonl, line 2: missing column 'score'"):
         load_sts_rows(path)
     path = write_jsonl(tmp_path / "text_score.jsonl", [{**good, "score": "high"}, good])
-    with pytest.raises(ValueError, match=r"row 1: column 'score' must be a finite number, got 'high'"):
+    with pytest.raises(
+        ValueError, match=r"text_score.jsonl, line 1: column 'score' must be a finite number, got 'high'"
+    ):
         load_sts_rows(path)
     (tmp_path / "broken.jsonl").write_text(json.dumps(good) + "\n{not json\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken.jsonl, row 2: invalid JSON"):
+    with pytest.raises(ValueError, match=r"broken.jsonl, line 2: invalid JSON"):
         load_sts_rows(tmp_path / "broken.jsonl")
     with pytest.raises(ValueError, match=r"row 3: missing column 'sentence2'"):
         load_sts_rows([good, good, {"sentence1": "a", "score": 2}])
@@ -246,23 +243,23 @@ def test_retrieval_bad_input(tmp_path):
     assert split["relevant_docs"] == {"q1": {"2": 1}}
 
     folder = write_beir(tmp_path / "unknown_doc", corpus, queries, [("q1", "d1", 1), ("q1", "d9", 1)])
-    with pytest.raises(ValueError, match=r"qrels.tsv, row 3: corpus-id 'd9' is not in corpus.jsonl"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 3: corpus-id 'd9' is not in corpus.jsonl"):
         evaluate_retrieval(bow_model(), folder)
     folder = write_beir(tmp_path / "unknown_query", corpus, queries, [("q7", "d1", 1)])
-    with pytest.raises(ValueError, match=r"row 2: query-id 'q7' is not in queries.jsonl"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 2: query-id 'q7' is not in queries.jsonl"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "float_score", corpus, queries, [("q1", "d1", 0.5)])
-    with pytest.raises(ValueError, match=r"row 2: score '0.5' is not an integer"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 2: score '0.5' is not an integer"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "no_text", [*corpus, {"_id": "d3", "body": "z"}], queries, [])
-    with pytest.raises(ValueError, match=r"corpus.jsonl, row 3: missing column 'text'"):
+    with pytest.raises(ValueError, match=r"corpus.jsonl, line 3: missing column 'text'"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "duplicate", [*corpus, {"_id": "d1", "text": "z"}], queries, [])
-    with pytest.raises(ValueError, match=r"row 3: duplicate _id 'd1'"):
+    with pytest.raises(ValueError, match=r"corpus.jsonl, line 3: duplicate _id 'd1'"):
         load_beir_folder(folder)
     folder = write_beir(tmp_path / "header", corpus, queries, [("q1", "d1", 1)])
     (folder / "qrels.tsv").write_text("qid docid rel\nq1\td1\t1\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="row 1: expected the header"):
+    with pytest.raises(ValueError, match=r"qrels.tsv, line 1: expected the header"):
         load_beir_folder(folder)
     (folder / "qrels.tsv").unlink()
     with pytest.raises(FileNotFoundError, match="qrels not found"):
@@ -284,10 +281,57 @@ def test_mteb_task_names_resolve_offline_and_unknown_names_suggest_a_match():
 
 def test_evaluate_mteb_runs_task_objects_and_writes_mteb_results(tmp_path):
     model = bow_model({"query": "q: ", "document": "d: "})
-    rows = load_sts_rows(STSB_DEV, limit=20)
+    rows = load_sts_rows(write_sts_file(tmp_path / "sts.jsonl", 30), limit=20)
     scores = evaluate_mteb(model, [LocalSTSTask(rows)], output_folder=tmp_path / "mteb")
     assert scores == {"LocalSTS": pytest.approx(evaluate_sts(model, rows)["spearman"])}
     assert len(list((tmp_path / "mteb").rglob("LocalSTS.json"))) == 1
+
+
+# --- the paper's STS task set -----------------------------------------------------------------------------
+
+PAPER_TASKS = ["BIOSSES", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "STS17", "STS22", "STSBenchmark"]
+
+
+def test_paper_sts_is_the_papers_ten_tasks_english_test_split_only():
+    tasks = paper_sts_tasks()
+    assert [task.metadata.name for task in tasks] == PAPER_TASKS
+    assert all(task.eval_splits == ["test"] and task.metadata.main_score == "cosine_spearman" for task in tasks)
+    subsets = {task.metadata.name: task.hf_subsets for task in tasks}
+    assert subsets["STS17"] == ["en-en"] and subsets["STS22"] == ["en"]
+    assert all(subsets[name] == ["default"] for name in PAPER_TASKS if name not in ("STS17", "STS22"))
+    assert [task.metadata.name for task in get_mteb_tasks([PAPER_STS, "SciFact"])] == [*PAPER_TASKS, "SciFact"]
+
+
+def test_paper_sts17_runs_only_its_english_pairs():
+    """With every STS17 subset's data in memory, only en-en is embedded and scored (no download)."""
+    task = next(task for task in paper_sts_tasks() if task.metadata.name == "STS17")
+
+    def rows(tag: str) -> Dataset:
+        pairs = [("a cat sits", "a cat sat", 4.0), ("a dog runs", "the dog ran", 3.0), ("the sun", "moon rises", 0.5)]
+        return Dataset.from_dict(
+            {
+                "sentence1": [f"{tag} {a}" for a, _, _ in pairs],
+                "sentence2": [f"{tag} {b}" for _, b, _ in pairs],
+                "score": [score for _, _, score in pairs],
+            }
+        )
+
+    task.dataset = {subset: DatasetDict({"test": rows(subset)}) for subset in task.metadata.eval_langs}
+    task.data_loaded = True
+    assert len(task.dataset) > 5  # Arabic, Korean, Spanish, cross-lingual pairs ...
+    model = bow_model()
+    assert set(evaluate_mteb(model, [task])) == {"STS17"}
+    assert {text.split()[0] for text in prompts_used(model)} == {"en-en"}
+
+
+def test_paper_sts_average_and_comparison_with_the_paper():
+    scores = {name: 70.0 + index for index, name in enumerate(PAPER_TASKS)}
+    assert paper_sts_average(scores) == pytest.approx(74.5)
+    table = format_paper_sts(scores)
+    assert "STS17" in table and "average        74.50   this model" in table
+    assert "83.24   paper: AutoRegEmbed-LLaMA2-7B, MEDI-NLI 50k" in table
+    with pytest.raises(ValueError, match=r"needs all 10 tasks; missing: \['STS22'\]"):
+        paper_sts_average({name: 1.0 for name in PAPER_TASKS if name != "STS22"})
 
 
 # --- result files ------------------------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA, requires_shared_data
 
 from autoreg_embed import CDAConfig, CompressionConfig
 from autoreg_embed.sentence_transformers import PROMPTEOL_INSTRUCTION, PROMPTEOL_LAYOUT
@@ -19,6 +20,7 @@ sys.path.insert(0, str(EXAMPLES))
 import reproduce  # noqa: E402  (an example script, importable from its folder)
 
 
+@requires_shared_data
 def test_held_out_compression_rows_are_unseen_by_stage_1():
     train = reproduce.compression_rows(SHARED_DATA, 400, seed=0)
     held_out = reproduce.compression_rows(SHARED_DATA, 48, seed=0, skip=reproduce.per_file(400))
@@ -38,6 +40,7 @@ def test_layout_options_build_valid_trainer_configs(tmp_path):
     assert reproduce.layout_options("paper", 5) == ({"num_compress_tokens": 5}, {})
 
 
+@requires_shared_data
 @pytest.mark.slow
 def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
     command = [
@@ -77,3 +80,16 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
     assert "Decoder readout gain" in table
     for name in ("learning_curve.png", "loss_curves.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_both_stages_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py --smoke: the GPU check's code path (2 steps of each stage, tiny model, CPU)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    command = [sys.executable, str(script), "--smoke", "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout[result.stdout.rindex("\n{\n") :])  # the last printed object (logs precede it)
+    for stage in ("compression", "cda"):
+        assert report["sdpa"][stage]["seconds_per_step"] > 0
+        assert math.isfinite(report["sdpa"][stage]["final_loss"])

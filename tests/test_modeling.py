@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ARCHITECTURES, LOGIT_POSTPROCESSING_ARCHITECTURES, make_tiny_model
+from helpers import ARCHITECTURES, LOGIT_POSTPROCESSING_ARCHITECTURES, make_tiny_model
 
 from autoreg_embed.modeling import (
     SETTINGS_FILE,
     EncoderInputBuilder,
     EncoderSettings,
-    FrozenDecoder,
+    FrozenRole,
     add_compress_tokens,
     backbone_of,
     compress_positions,
@@ -23,9 +23,9 @@ from autoreg_embed.modeling import (
     encode,
     frozen_copy,
     last_hidden_states,
+    original_decoder,
     pad_sequences,
 )
-from autoreg_embed.modeling.decoder import has_plain_lm_head
 
 TEXTS = [
     "A cat sat on the mat.",
@@ -556,7 +556,6 @@ def test_encode_without_normalization_and_short_rows(tokenizer):
 @pytest.mark.parametrize("architecture", ARCHITECTURES + LOGIT_POSTPROCESSING_ARCHITECTURES)
 def test_conditional_log_probs_matches_independent_computation(architecture, tokenizer):
     decoder = make_tiny_model(architecture, tokenizer, seed=1)
-    assert has_plain_lm_head(decoder) == (architecture in ARCHITECTURES)
     rows, targets = target_batch(tokenizer)
     k = 3
     prefix = random_prefix(len(rows), k, 32)
@@ -581,7 +580,7 @@ def test_conditional_log_probs_matches_independent_computation(architecture, tok
 
 @pytest.mark.parametrize("architecture", LOGIT_POSTPROCESSING_ARCHITECTURES)
 def test_post_processed_logits_differ_from_the_plain_lm_head(architecture, tokenizer):
-    """The check behind has_plain_lm_head is not vacuous: these models' logits are not lm_head(hidden)."""
+    """Scoring with the model's own logits matters: these models' logits are not lm_head(hidden)."""
     decoder = make_tiny_model(architecture, tokenizer, seed=1)
     input_ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
@@ -643,7 +642,7 @@ def test_conditional_log_probs_rejects_mismatched_rows(tokenizer):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# FrozenDecoder: gradients and PEFT
+# Frozen roles: gradients and PEFT
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -652,8 +651,8 @@ def test_gradients_reach_only_the_encoder(architecture, tokenizer):
     settings = EncoderSettings(num_compress_tokens=3)
     encoder = tiny_encoder(architecture, tokenizer, settings)
     compress = compress_token_ids(tokenizer, settings)
-    frozen = FrozenDecoder(encoder)
-    assert not frozen.shares_encoder_weights
+    frozen = original_decoder(encoder, settings)
+    assert not frozen.shares_policy_weights
     batch = EncoderInputBuilder(tokenizer, settings)(TEXTS[:3], INSTRUCTIONS[:3])
     _, targets = target_batch(tokenizer)
     with frozen() as decoder:
@@ -690,8 +689,8 @@ def test_gradients_reach_only_the_encoder(architecture, tokenizer):
 def test_frozen_decoder_with_explicit_decoder(tokenizer):
     encoder = make_tiny_model("llama", tokenizer)
     other = make_tiny_model("llama", tokenizer, seed=1).train()
-    frozen = FrozenDecoder(encoder, decoder=other)
-    assert not frozen.shares_encoder_weights
+    frozen = FrozenRole(encoder, other)
+    assert not frozen.shares_policy_weights
     assert not other.training
     assert not any(p.requires_grad for p in other.parameters())
     assert all(p.requires_grad for p in encoder.parameters())
@@ -709,9 +708,9 @@ def test_peft_decoder_with_adapters_disabled_equals_frozen_copy(tokenizer):
     reference = frozen_copy(model)
     config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft_model = peft.get_peft_model(model, config)
-    frozen = FrozenDecoder(peft_model)
-    assert frozen.shares_encoder_weights
-    assert frozen.decoder is None
+    frozen = FrozenRole(peft_model)
+    assert frozen.shares_policy_weights
+    assert frozen.model is None
 
     rows, targets = target_batch(tokenizer)
     prefix = random_prefix(len(rows), 3, 32, seed=7)
@@ -741,7 +740,7 @@ def test_peft_decoder_is_deterministic_while_the_encoder_trains(tokenizer):
     reference = frozen_copy(model)
     config = peft.LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
     peft_model = peft.get_peft_model(model, config).train()  # as inside a Trainer step
-    frozen = FrozenDecoder(peft_model)
+    frozen = FrozenRole(peft_model)
     rows, targets = target_batch(tokenizer)
     args = (random_prefix(len(rows), 3, 32, seed=8), targets["input_ids"], targets["attention_mask"])
     torch.manual_seed(0)

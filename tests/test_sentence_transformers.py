@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ARCHITECTURES, make_tiny_model
 from datasets import Dataset
+from helpers import ARCHITECTURES, make_tiny_model
 from peft import LoraConfig, get_peft_model
 from sentence_transformers import SentenceTransformer
 
@@ -42,7 +42,7 @@ from autoreg_embed.sentence_transformers import (
     baseline,
     prompts_from_instructions,
 )
-from autoreg_embed.sentence_transformers.export import check_prompts
+from autoreg_embed.sentence_transformers.prompts import check_prompts
 from autoreg_embed.trainers.base_trainer import prepare_encoder
 
 TEXTS = ["A cat sits on the mat.", "Stock markets fell sharply on Monday after the announcement.", "", "Hi"]
@@ -314,7 +314,15 @@ def test_compression_trainer_save_loads_as_sentence_transformer(tokenizer, tmp_p
     assert "1. CompressionTrainer" in (tmp_path / "stage1" / "README.md").read_text(encoding="utf-8")
 
     args.output_dir = str(tmp_path / "run2")
-    again = CompressionTrainer(model=str(tmp_path / "stage1"), args=args, train_dataset=Dataset.from_list(rows))
+    # The original was an in-memory model without a name: continuing from the trained checkpoint needs it given.
+    with pytest.raises(ValueError, match=r"no longer the original LLM's.*decoder="):
+        CompressionTrainer(model=str(tmp_path / "stage1"), args=args, train_dataset=Dataset.from_list(rows))
+    again = CompressionTrainer(
+        model=str(tmp_path / "stage1"),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        decoder=make_tiny_model("llama", tokenizer),
+    )
     again.save_model(str(tmp_path / "stage1b"))
     card = (tmp_path / "stage1b" / "README.md").read_text(encoding="utf-8")
     assert "1. CompressionTrainer\n2. CompressionTrainer" in card

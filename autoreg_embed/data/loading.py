@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+from autoreg_embed.data.files import DATA_FILE_SUFFIXES
 
 
 def load_rows(source: str | os.PathLike | Dataset, split: str = "train") -> Dataset:
@@ -15,7 +15,7 @@ def load_rows(source: str | os.PathLike | Dataset, split: str = "train") -> Data
     if isinstance(source, Dataset):
         return source
     path = Path(source)
-    file_format = _FILE_FORMATS.get(path.suffix.lower())
+    file_format = DATA_FILE_SUFFIXES.get(path.suffix.lower())
     if file_format is not None:
         if not path.is_file():
             raise FileNotFoundError(f"Data file {path} does not exist.")

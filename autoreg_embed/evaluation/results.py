@@ -9,12 +9,13 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
+from importlib.metadata import version
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import mteb
-import sentence_transformers
+RESULTS_SUBDIR = "eval"
+"""The folder inside a model folder that holds the result files."""
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -55,11 +56,11 @@ def write_results(results: Mapping[str, Any], model_path: str | PathLike[str], n
     payload = {
         "name": name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"mteb": mteb.__version__, "sentence_transformers": sentence_transformers.__version__},
+        "versions": {"mteb": version("mteb"), "sentence_transformers": version("sentence-transformers")},
         "results": _json_ready(results),
     }
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-    out_dir = model_dir / "eval"
+    out_dir = model_dir / RESULTS_SUBDIR
     out_dir.mkdir(exist_ok=True)
     path = out_dir / f"{name}.json"
     fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
@@ -72,6 +73,15 @@ def write_results(results: Mapping[str, Any], model_path: str | PathLike[str], n
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_results(model_path: str | PathLike[str]) -> dict[str, Any]:
+    """``{name: results}`` of every file :func:`write_results` wrote for a model (``{}`` when there are none)."""
+    results: dict[str, Any] = {}
+    for path in sorted((Path(model_path) / RESULTS_SUBDIR).glob("*.json")):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        results[payload.get("name", path.stem)] = payload.get("results")
+    return results
 
 
 def _flatten(results: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

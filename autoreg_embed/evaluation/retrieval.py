@@ -16,7 +16,7 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from autoreg_embed.evaluation._jsonl import read_jsonl, require_file
+from autoreg_embed.data.files import read_jsonl, require_file
 from autoreg_embed.evaluation.mteb_tasks import Encoder, run_local_task
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -27,8 +27,8 @@ def _read_texts(path: Path, what: str) -> dict[str, dict[str, str]]:
     """``{_id: {"title": ..., "text": ...}}`` from a corpus or queries JSONL file (``title`` is optional)."""
     require_file(path, what)
     records: dict[str, dict[str, str]] = {}
-    for row, record in read_jsonl(path, ("_id", "text")):
-        where = f"{path}, row {row}"
+    for line, record in read_jsonl(path, ("_id", "text")):
+        where = f"{path}, line {line}"
         doc_id = str(record["_id"])
         if doc_id in records:
             raise ValueError(f"{where}: duplicate _id {doc_id!r}")
@@ -48,12 +48,12 @@ def _read_qrels(path: Path, query_ids: set[str], corpus_ids: set[str]) -> dict[s
         header = tuple(next(lines, "").rstrip("\r\n").split("\t"))
         if header != QRELS_HEADER:
             expected = "<TAB>".join(QRELS_HEADER)
-            raise ValueError(f"{path}, row 1: expected the header {expected!r}, got {header}")
-        for row, line in enumerate(lines, start=2):
-            if not line.strip():
+            raise ValueError(f"{path}, line 1: expected the header {expected!r}, got {header}")
+        for number, text in enumerate(lines, start=2):
+            if not text.strip():
                 continue
-            where = f"{path}, row {row}"
-            fields = line.rstrip("\r\n").split("\t")
+            where = f"{path}, line {number}"
+            fields = text.rstrip("\r\n").split("\t")
             if len(fields) != len(QRELS_HEADER):
                 raise ValueError(f"{where}: expected 3 tab-separated fields, got {len(fields)}")
             query_id, corpus_id, score = fields
@@ -83,7 +83,7 @@ def load_beir_folder(folder: str | PathLike[str], *, split: str = "test") -> Ret
         FileNotFoundError: The folder or one of its files is missing.
         ValueError: A row lacks a column, an id is duplicated, the qrels header is wrong, a qrels score is not
             an integer, or the qrels reference a query or document id the folder does not have (the message
-            names the file and row).
+            names the file and line).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -136,7 +136,12 @@ class LocalRetrievalTask(AbsTaskRetrieval):
 
 
 def evaluate_retrieval(
-    model: Encoder, folder: str | PathLike[str], *, split: str = "test", batch_size: int = 32
+    model: Encoder,
+    folder: str | PathLike[str],
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
 ) -> dict[str, float | int]:
     """Score ``model`` on a BEIR-style folder (see :func:`load_beir_folder`) by exact search over the corpus.
 
@@ -145,6 +150,7 @@ def evaluate_retrieval(
         folder: The BEIR-style folder.
         split: The qrels file to use in BEIR's ``qrels/<split>.tsv`` layout (ignored if ``qrels.tsv`` exists).
         batch_size: Encoding batch size.
+        show_progress_bar: Show a progress bar over the encoding batches.
 
     Returns:
         ``{"ndcg@10", "recall@10", "mrr@10"}`` x 100 (averaged over the judged queries; mteb rounds the
@@ -154,7 +160,7 @@ def evaluate_retrieval(
         FileNotFoundError, ValueError: Bad input, see :func:`load_beir_folder`.
     """
     data = load_beir_folder(folder, split=split)
-    scores = run_local_task(model, LocalRetrievalTask(data), batch_size=batch_size)
+    scores = run_local_task(model, LocalRetrievalTask(data), batch_size=batch_size, show_progress_bar=show_progress_bar)
     return {
         "ndcg@10": 100 * float(scores["ndcg_at_10"]),
         "recall@10": 100 * float(scores["recall_at_10"]),

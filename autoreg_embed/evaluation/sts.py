@@ -19,7 +19,7 @@ from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderW
 from mteb.types import PromptType
 from sentence_transformers import SentenceTransformer
 
-from autoreg_embed.evaluation._jsonl import check_columns, read_jsonl, require_file
+from autoreg_embed.data.files import check_columns, read_jsonl, require_file
 from autoreg_embed.evaluation.mteb_tasks import Encoder, run_local_task
 
 STS_COLUMNS = ("sentence1", "sentence2", "score")
@@ -70,7 +70,7 @@ def load_sts_rows(
         path = Path(path_or_rows)
         require_file(path, "STS file")
         source = str(path)
-        numbered = ((f"{path}, row {row}", record) for row, record in read_jsonl(path, STS_COLUMNS))
+        numbered = ((f"{path}, line {line}", record) for line, record in read_jsonl(path, STS_COLUMNS))
     else:
         source = "the given rows"
         numbered = (
@@ -142,6 +142,7 @@ def evaluate_sts(
     prompt_name: str | None = None,
     batch_size: int = 32,
     limit: int | None = None,
+    show_progress_bar: bool = False,
 ) -> dict[str, float | int]:
     """Score ``model`` on STS rows: correlation of the cosine similarity of each pair with its gold score.
 
@@ -153,6 +154,7 @@ def evaluate_sts(
             prompt (see :class:`LocalSTSTask`), which for our models is the ``"document"`` one.
         batch_size: Encoding batch size.
         limit: Use only the first ``limit`` rows.
+        show_progress_bar: Show a progress bar over the encoding batches.
 
     Returns:
         ``{"spearman": ..., "pearson": ..., "n": ...}``: Spearman and Pearson correlations x 100 between
@@ -162,7 +164,9 @@ def evaluate_sts(
         FileNotFoundError, ValueError: Bad input, see :func:`load_sts_rows`; an unknown ``prompt_name``.
     """
     task = LocalSTSTask(load_sts_rows(path_or_rows, limit=limit))
-    scores = run_local_task(_with_named_prompt(model, task, prompt_name), task, batch_size=batch_size)
+    scores = run_local_task(
+        _with_named_prompt(model, task, prompt_name), task, batch_size=batch_size, show_progress_bar=show_progress_bar
+    )
     return {
         "spearman": 100 * float(scores["cosine_spearman"]),
         "pearson": 100 * float(scores["cosine_pearson"]),

@@ -1,70 +1,125 @@
 """Conditional distribution alignment (CDA), AutoRegEmbed's stage-2 loss, as pure tensor functions.
 
 The trainer scores target texts under the frozen decoder, conditioned on compress vectors from the trained
-encoder ("policy") and from the frozen stage-1 encoder ("reference"), and passes the log-probabilities here.
-Notation: ``lp(x | e_{s,I})`` is the log-probability of text x given the embedding of text s under
-instruction I (``I_next``, ``I_self`` or ``I_prev``). Equations, options and the interpretation of each
-alignment strategy: ``docs/cda_loss.md``.
+encoder ("policy") and from the frozen stage-1 encoder ("reference"), and passes the log-probabilities here,
+keyed by their typed definition :class:`~autoreg_embed.losses.cda_log_probs.LogProb`. Equations, options and
+the reading of each of the paper's variants: ``docs/cda_loss.md``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BOUNDS = ("sigmoid", "tanh", "log_sigmoid")
-REFERENCE_SIGNS = ("paper", "official")
-DIVERGENCES = ("kl", "js")
-
-LOG_PROB_MEANINGS: dict[str, str] = {
-    "policy_pos_next": "lp(d+ | e_{q,I_next})",
-    "policy_pos_self": "lp(d+ | e_{d+,I_self})",
-    "policy_neg_next": "lp(d-_i | e_{q,I_next})",
-    "ref_pos_next": "lp_ref(d+ | e_{q,I_next})",
-    "ref_neg_next": "lp_ref(d-_i | e_{q,I_next})",
-    "policy_query_prev_pos": "lp(q | e_{d+,I_prev})",
-    "policy_query_self": "lp(q | e_{q,I_self})",
-    "policy_query_prev_neg": "lp(q | e_{d-_i,I_prev})",
-    "ref_query_prev_pos": "lp_ref(q | e_{d+,I_prev})",
-    "ref_query_prev_neg": "lp_ref(q | e_{d-_i,I_prev})",
-    "ref_pos_self": "lp_ref(d+ | e_{d+,I_self})",
-    "policy_neg_self_pos": "lp(d-_i | e_{d+,I_self})",
-    "ref_neg_self_pos": "lp_ref(d-_i | e_{d+,I_self})",
-    "policy_neg_self": "lp(d-_i | e_{d-_i,I_self})",
-    "ref_neg_self": "lp_ref(d-_i | e_{d-_i,I_self})",
-    "policy_pos_self_neg": "lp(d+ | e_{d-_i,I_self})",
-    "ref_pos_self_neg": "lp_ref(d+ | e_{d-_i,I_self})",
-}
-"""Every log-probability name a strategy can ask for. Names containing ``neg`` are (B, n), one per
-negative (or (B,) when n = 1); the others are (B,)."""
-
-_DEFAULT = ("policy_pos_next", "policy_pos_self", "policy_neg_next", "ref_pos_next", "ref_neg_next")
-_QUERY = (
-    "policy_query_prev_pos",
-    "policy_query_self",
-    "policy_query_prev_neg",
-    "ref_query_prev_pos",
-    "ref_query_prev_neg",
+from autoreg_embed.losses.cda_log_probs import (
+    NEG_GIVEN_NEG,
+    NEG_GIVEN_POS,
+    NEG_GIVEN_QUERY,
+    POS_GIVEN_NEG,
+    POS_GIVEN_POS,
+    POS_GIVEN_QUERY,
+    QUERY_GIVEN_NEG,
+    QUERY_GIVEN_POS,
+    QUERY_GIVEN_QUERY,
+    LogProb,
 )
-_EXTRA_PREFERENCE = {
-    3: ("policy_pos_self", "policy_neg_self_pos", "ref_pos_self", "ref_neg_self_pos"),
-    4: ("policy_neg_self", "policy_pos_self_neg", "ref_neg_self", "ref_pos_self_neg"),
-}
-"""Strategies 3 and 4: (chosen, rejected, reference chosen, reference rejected) of the extra scores."""
-STRATEGY_LOG_PROBS: dict[int, tuple[str, ...]] = {
-    0: _DEFAULT,
-    1: _QUERY,
-    2: _DEFAULT + _QUERY,
-    3: tuple(dict.fromkeys(_DEFAULT + _EXTRA_PREFERENCE[3])),
-    4: _DEFAULT + _EXTRA_PREFERENCE[4],
-}
-"""Alignment strategy (paper, Appendix E) -> the log-probabilities the trainer must compute for it."""
 
+Bound = Literal["sigmoid", "tanh", "log_sigmoid"]
+ReferenceSign = Literal["paper", "official"]
+Divergence = Literal["kl", "js"]
+MultiNegative = Literal["one_denominator", "mean_of_binary"]
+BOUNDS: tuple[str, ...] = get_args(Bound)
+REFERENCE_SIGNS: tuple[str, ...] = get_args(ReferenceSign)
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
+MULTI_NEGATIVE_LOSSES: tuple[str, ...] = get_args(MultiNegative)
+"""``one_denominator`` (paper): every S2_i in one InfoNCE denominator; ``mean_of_binary`` (official code): n
+two-term InfoNCE losses, one per negative, averaged. Identical for one negative."""
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A term of S1: ``g(beta * |lp(a) - lp(b)|)``, small when the two conditionings give the target the same
+    log-probability."""
+
+    a: LogProb
+    b: LogProb
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A term of S2_i: ``g(beta * x_i)``, the preference for ``chosen`` over ``rejected`` (negative i) relative to
+    the reference encoder. ``reference_sign="paper"`` (DPO): ``x_i = (lp(chosen) - lp_ref(chosen)) -
+    (lp(rejected) - lp_ref(rejected))``; ``"official"``: ``x_i = (lp(chosen) - lp(rejected)) + (lp_ref(chosen) -
+    lp_ref(rejected))``."""
+
+    chosen: LogProb
+    rejected: LogProb
+
+    @property
+    def log_probs(self) -> tuple[LogProb, LogProb, LogProb, LogProb]:
+        """(chosen, rejected, reference chosen, reference rejected)."""
+        return self.chosen, self.rejected, self.chosen.reference, self.rejected.reference
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """An alignment strategy: ``S1 = -mean_j g(alignments_j)``, ``S2_i = -mean_j g(preferences_j, i)``.
+
+    With two terms the means are the paper's ½-weighted sums inside S1 / S2 (appendix E, eqs. 4-6), all in one
+    InfoNCE. The first term of each is the one the diagnostics (margins, gap, logged log-probs) report.
+    """
+
+    alignments: tuple[Alignment, ...]
+    preferences: tuple[Preference, ...]
+
+    @property
+    def log_probs(self) -> tuple[LogProb, ...]:
+        """Every log-probability the strategy reads (policy and reference), without repeats."""
+        terms = [spec for term in self.alignments for spec in (term.a, term.b)]
+        terms += [spec for term in self.preferences for spec in term.log_probs]
+        return tuple(dict.fromkeys(terms))
+
+
+DEFAULT_ALIGNMENT = Alignment(POS_GIVEN_QUERY, POS_GIVEN_POS)
+"""Paper eq. 1: |lp(d+ | e_{q,I_next}) - lp(d+ | e_{d+,I_self})|."""
+DEFAULT_PREFERENCE = Preference(POS_GIVEN_QUERY, NEG_GIVEN_QUERY)
+"""Paper eq. 2: d+ over d-_i, both generated from e_{q,I_next}."""
+QUERY_ALIGNMENT = Alignment(QUERY_GIVEN_POS, QUERY_GIVEN_QUERY)
+"""Paper eq. 3 (strategy 1): |lp(q | e_{q,I_self}) - lp(q | e_{d+,I_prev})|."""
+QUERY_PREFERENCE = Preference(QUERY_GIVEN_POS, QUERY_GIVEN_NEG)
+"""Paper eq. 3 (strategy 1): q generated from e_{d+,I_prev} rather than from e_{d-_i,I_prev}."""
+
+STRATEGIES: dict[int, Strategy] = {
+    0: Strategy((DEFAULT_ALIGNMENT,), (DEFAULT_PREFERENCE,)),
+    1: Strategy((QUERY_ALIGNMENT,), (QUERY_PREFERENCE,)),
+    2: Strategy((DEFAULT_ALIGNMENT, QUERY_ALIGNMENT), (DEFAULT_PREFERENCE, QUERY_PREFERENCE)),
+    3: Strategy((DEFAULT_ALIGNMENT,), (DEFAULT_PREFERENCE, Preference(POS_GIVEN_POS, NEG_GIVEN_POS))),
+    4: Strategy((DEFAULT_ALIGNMENT,), (DEFAULT_PREFERENCE, Preference(NEG_GIVEN_NEG, POS_GIVEN_NEG))),
+}
+"""The paper's alignment strategies (0: the default, eqs. 1-2; 1-4: appendix E, eqs. 3-6)."""
+
+
+@dataclass(frozen=True)
+class DivergenceTerm:
+    """``D = mean_t div(p(. | x_<t, e_{x,I_self}) || p(. | x_<t, e_{q,I_next}))`` over the real tokens t of the
+    target x, for the KL / JS similarity (paper appendix B)."""
+
+    self_conditioned: LogProb
+    query_conditioned: LogProb
+
+
+DIVERGENCE_S1 = DivergenceTerm(POS_GIVEN_POS, POS_GIVEN_QUERY)
+"""S1 = -g(D) along d+'s tokens: d+'s own embedding against the query's."""
+DIVERGENCE_S2 = DivergenceTerm(NEG_GIVEN_NEG, NEG_GIVEN_QUERY)
+"""S2_i = -g(D) along d-_i's tokens: d-_i's own embedding against the query's (our reading of the paper's S2)."""
+DIVERGENCE_LOG_PROBS: tuple[LogProb, ...] = (POS_GIVEN_QUERY, POS_GIVEN_POS, NEG_GIVEN_QUERY, NEG_GIVEN_NEG)
+"""The (policy) log-probabilities whose full next-token distributions the KL / JS similarity reads."""
 
 Named = tuple[str, Tensor]
 """An argument and its name, for error messages that say which argument is wrong."""
@@ -75,6 +130,11 @@ def _check_choice(what: str, value: object, valid: tuple[object, ...]) -> None:
         raise ValueError(f"Unknown {what} {value!r}; valid: {', '.join(map(repr, valid))}.")
 
 
+def _check_positive(what: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{what} must be > 0, got {value}.")
+
+
 def _checked(name: str, t: Tensor) -> Tensor:
     """``t`` as a float tensor (at least float32) after checking that it is finite."""
     if not torch.isfinite(t).all():
@@ -82,13 +142,16 @@ def _checked(name: str, t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _as_2d(t: Tensor) -> Tensor:
+    return t.unsqueeze(1) if t.dim() == 1 else t
+
+
 def _columns(name: str, t: Tensor, like: Named | None = None) -> Tensor:
     """Finite ``t`` as (B, m), (B,) becoming (B, 1). With ``like``, both must have the same (B, m) shape."""
-    as_2d = _checked(name, t)
-    as_2d = as_2d.unsqueeze(1) if as_2d.dim() == 1 else as_2d
+    as_2d = _as_2d(_checked(name, t))
     if as_2d.dim() != 2:
         raise ValueError(f"{name} must have shape (B,) or (B, n), got {tuple(t.shape)}.")
-    if like is not None and as_2d.shape != (like[1].unsqueeze(1) if like[1].dim() == 1 else like[1]).shape:
+    if like is not None and as_2d.shape != _as_2d(like[1]).shape:
         raise ValueError(f"{name} has shape {tuple(t.shape)} but {like[0]} has shape {tuple(like[1].shape)}.")
     return as_2d
 
@@ -116,32 +179,33 @@ def bounded_score(x: Tensor, bound: str = "sigmoid") -> Tensor:
     return -F.logsigmoid(x)
 
 
-def _check_beta(beta: float) -> None:
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}.")
+def _alignment_gap(a: Named, b: Named) -> Tensor:
+    """``|a - b|`` (B,) of two (B,) log-probs."""
+    first = _columns(*a)
+    if first.shape[1] != 1:
+        raise ValueError(f"{a[0]} must have shape (B,), got {tuple(a[1].shape)}.")
+    return (first - _columns(*b, like=a)).abs().squeeze(1)
 
 
 def alignment_score(lp_cond_a: Tensor, lp_cond_b: Tensor, beta: float, bound: str = "sigmoid") -> Tensor:
-    """``S1 = -g(beta * |a - b|)`` (B,): high when the two conditionings give the target the same log-prob."""
-    _check_beta(beta)
-    a = _columns("lp_cond_a", lp_cond_a)
-    b = _columns("lp_cond_b", lp_cond_b, like=("lp_cond_a", lp_cond_a))
-    return bounded_score(beta * (a - b).abs(), bound).squeeze(1)
+    """``S1 = -g(beta * |a - b|)`` (B,) of two (B,) log-probs of one target under two conditionings (paper
+    eq. 1): high when both give the target the same log-prob."""
+    _check_positive("beta", beta)
+    return bounded_score(beta * _alignment_gap(("lp_cond_a", lp_cond_a), ("lp_cond_b", lp_cond_b)), bound)
 
 
 def _preference_margin(
-    pos: Named, neg: Named, ref_pos: Named, ref_neg: Named, reference_sign: str
+    chosen: Named, rejected: Named, ref_chosen: Named, ref_rejected: Named, reference_sign: str
 ) -> tuple[Tensor, Tensor]:
     """(x, DPO margin), both (B, n). x is the argument of S2 before beta, per ``reference_sign``."""
     _check_choice("reference_sign", reference_sign, REFERENCE_SIGNS)
-    n = _columns(*neg)
-    rn = _columns(*ref_neg, like=neg)
-    p = _columns(*pos)
-    rp = _columns(*ref_pos, like=pos)
-    if p.shape[0] != n.shape[0] or p.shape[1] not in (1, n.shape[1]):
-        raise ValueError(f"{pos[0]} has shape {tuple(p.shape)}, incompatible with {neg[0]} {tuple(n.shape)}.")
-    dpo = (p - rp) - (n - rn)
-    return (dpo if reference_sign == "paper" else (p - n) + (rp - rn)), dpo
+    c, r = _columns(*chosen), _columns(*rejected)
+    rc, rr = _columns(*ref_chosen, like=chosen), _columns(*ref_rejected, like=rejected)
+    if c.shape[0] != r.shape[0] or (1 not in (c.shape[1], r.shape[1]) and c.shape[1] != r.shape[1]):
+        shapes = f"{chosen[0]} has shape {tuple(chosen[1].shape)}, {rejected[0]} {tuple(rejected[1].shape)}"
+        raise ValueError(f"{shapes}: they must be (B,) or (B, n) with the same B and n.")
+    dpo = (c - rc) - (r - rr)
+    return (dpo if reference_sign == "paper" else (c - r) + (rc - rr)), dpo
 
 
 def preference_scores(
@@ -153,62 +217,65 @@ def preference_scores(
     bound: str = "sigmoid",
     reference_sign: str = "paper",
 ) -> Tensor:
-    """``S2_i = -g(beta * x_i)`` (B, n), one per negative. ``policy_pos``/``ref_pos``: (B,) or (B, n);
-    ``policy_neg``/``ref_neg``: (B, n) or (B,) for n = 1.
+    """``S2_i = -g(beta * x_i)`` (B, n), one per negative (paper eq. 2). ``policy_pos``/``ref_pos``: (B,) or
+    (B, n); ``policy_neg``/``ref_neg``: (B, n) or (B,) for n = 1.
 
     - ``paper`` (DPO): ``x_i = (pos - ref_pos) - (neg_i - ref_neg_i)``
     - ``official`` (reference code): ``x_i = (pos - neg_i) + (ref_pos - ref_neg_i)``
     """
-    _check_beta(beta)
-    pos, neg = ("policy_pos", policy_pos), ("policy_neg", policy_neg)
-    x, _ = _preference_margin(pos, neg, ("ref_pos", ref_pos), ("ref_neg", ref_neg), reference_sign)
+    _check_positive("beta", beta)
+    named = (("policy_pos", policy_pos), ("policy_neg", policy_neg), ("ref_pos", ref_pos), ("ref_neg", ref_neg))
+    x, _ = _preference_margin(*named, reference_sign)
     return bounded_score(beta * x, bound)
 
 
-def info_nce_from_scores(s1: Tensor, s2: Tensor, temperature: float) -> Tensor:
-    """Per-example ``-log(exp(S1/t) / (exp(S1/t) + sum_i exp(S2_i/t)))`` (B,), computed as
-    ``logsumexp([S1, S2_1..S2_n] / t) - S1/t``. ``s1``: (B,), ``s2``: (B, n) or (B,) for n = 1."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+def info_nce_from_scores(s1: Tensor, s2: Tensor, temperature: float, multi_negative: str = "one_denominator") -> Tensor:
+    """Per-example InfoNCE loss (B,) of ``s1`` (B,) against ``s2`` (B, n) (or (B,) for n = 1).
+
+    - ``one_denominator`` (paper): ``-log(exp(S1/t) / (exp(S1/t) + sum_i exp(S2_i/t)))``, computed as
+      ``logsumexp([S1, S2_1..S2_n] / t) - S1/t``.
+    - ``mean_of_binary`` (official code): ``mean_i -log(exp(S1/t) / (exp(S1/t) + exp(S2_i/t)))``.
+    """
+    _check_positive("temperature", temperature)
+    _check_choice("multi_negative", multi_negative, MULTI_NEGATIVE_LOSSES)
     first = _columns("s1", s1)
     if first.shape[1] != 1:
         raise ValueError(f"s1 must have shape (B,), got {tuple(s1.shape)}.")
     rest = _columns("s2", s2)
     if rest.shape[0] != first.shape[0]:
         raise ValueError(f"s2 has shape {tuple(rest.shape)} but s1 has shape {tuple(s1.shape)}.")
+    if multi_negative == "mean_of_binary":
+        return F.softplus((rest - first) / temperature).mean(dim=1)
     logits = torch.cat([first, rest], dim=1) / temperature
     return torch.logsumexp(logits, dim=1) - logits[:, 0]
 
 
-def divergence_alignment_score(
-    logp_a: Tensor, logp_b: Tensor, target_mask: Tensor, kind: str, beta: float, bound: str = "sigmoid"
-) -> Tensor:
-    """The paper's KL / JS variant of S1 (B,): ``S1 = -g(beta * D)``, with D the mean over real target
-    positions t of a divergence between the next-token distributions p_a(.|t) and p_b(.|t).
+def mean_divergence(log_p: Tensor, log_q: Tensor, target_mask: Tensor, kind: str) -> Tensor:
+    """Mean over the real target positions t (``target_mask`` 1) of a divergence between two next-token
+    distributions, shape ``(...)`` for inputs ``(..., T, V)`` and a ``(..., T)`` mask (paper appendix B).
 
-    ``logp_a``/``logp_b``: (B, T, V) log-distributions of the target's next tokens given ``a`` = e_{q,I_next}
-    and ``b`` = e_{d+,I_self}; ``target_mask``: (B, T).
-    ``kl``: ``KL(p_a || p_b) = sum_v p_a (log p_a - log p_b)``; ``js``: ``(KL(p_a||m) + KL(p_b||m)) / 2``,
-    ``m = (p_a + p_b) / 2``. Log-probs must be finite (a log-softmax of finite logits is).
+    ``kl``: ``KL(p || q) = sum_v p_v (log p_v - log q_v)``; ``js``: ``(KL(p || m) + KL(q || m)) / 2`` with
+    ``m = (p + q) / 2``. ``log_p`` / ``log_q`` are log-softmax outputs and must be finite.
     """
     _check_choice("divergence", kind, DIVERGENCES)
-    _check_beta(beta)
-    if logp_a.dim() != 3 or logp_a.shape != logp_b.shape or target_mask.shape != logp_a.shape[:2]:
+    if log_p.dim() < 2 or log_p.shape != log_q.shape or target_mask.shape != log_p.shape[:-1]:
         raise ValueError(
-            f"logp_a {tuple(logp_a.shape)} and logp_b {tuple(logp_b.shape)} must be equal (B, T, V) and "
-            f"target_mask {tuple(target_mask.shape)} must be (B, T)."
+            f"log_p {tuple(log_p.shape)} and log_q {tuple(log_q.shape)} must be equal (..., T, V) and "
+            f"target_mask {tuple(target_mask.shape)} must be (..., T)."
         )
-    log_pa, log_pb = _checked("logp_a", logp_a), _checked("logp_b", logp_b)
+    log_p, log_q = _checked("log_p", log_p), _checked("log_q", log_q)
 
-    def kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-        return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    def kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+        return (log_a.exp() * (log_a - log_b)).sum(dim=-1)
 
     if kind == "kl":
-        per_token = kl(log_pa, log_pb)
+        per_token = kl(log_p, log_q)
     else:
-        log_m = torch.logaddexp(log_pa, log_pb) - math.log(2.0)
-        per_token = 0.5 * (kl(log_pa, log_m) + kl(log_pb, log_m))
-    return bounded_score(beta * sequence_log_probs(per_token, target_mask, average=True), bound)
+        log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+        per_token = 0.5 * (kl(log_p, log_m) + kl(log_q, log_m))
+    keep = target_mask.bool()
+    total = torch.where(keep, per_token, torch.zeros_like(per_token)).sum(dim=-1)
+    return total / keep.sum(dim=-1).clamp(min=1)
 
 
 @dataclass
@@ -222,12 +289,76 @@ class CDALossOutput:
     s1: Tensor
     """(B,) alignment score S1 (the numerator)."""
     s2: Tensor
-    """(B, m) every denominator score: the n S2_i, then any extra strategy scores."""
-    reward_margins: Tensor
-    """(B, n) ``beta * ((pi_pos - ref_pos) - (pi_neg - ref_neg))``, whatever ``reference_sign``: log
-    ``(reward_margins > 0).float().mean()`` as preference accuracy."""
+    """(B, n) the denominator scores S2_i, one per negative."""
+    reward_margins: Tensor | None
+    """(B, n) ``beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected))`` of the first preference term,
+    whatever ``reference_sign`` (log ``(reward_margins > 0).float().mean()`` as preference accuracy); None for
+    the KL / JS similarity, which has no reference term."""
     alignment_gap: Tensor
-    """(B,) ``|lp(d+ | e_q) - lp(d+ | e_{d+})|`` (before beta)."""
+    """(B,) the first S1 term before beta and the bound: ``|lp(a) - lp(b)|``, or the mean divergence D."""
+
+
+def _scores_of_strategy(
+    strategy: Strategy, values: Mapping[LogProb, Named], beta: float, bound: str, reference_sign: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(S1 (B,), S2 (B, n), beta * DPO margin of the first preference (B, n), gap of the first alignment (B,))."""
+    gaps = [_alignment_gap(values[term.a], values[term.b]) for term in strategy.alignments]
+    s1 = torch.stack([bounded_score(beta * gap, bound) for gap in gaps]).mean(dim=0)
+    terms = [[values[spec] for spec in term.log_probs] for term in strategy.preferences]
+    arguments, margins = zip(*(_preference_margin(*named, reference_sign) for named in terms), strict=True)
+    shapes = {tuple(x.shape) for x in arguments}
+    if len(shapes) > 1:
+        raise ValueError(f"The preference terms have different shapes {sorted(shapes)}; give every (B, n) the same n.")
+    s2 = torch.stack([bounded_score(beta * x, bound) for x in arguments]).mean(dim=0)
+    if s2.shape[0] != s1.shape[0]:
+        raise ValueError(f"The alignment terms have batch size {s1.shape[0]}, the preference terms {s2.shape[0]}.")
+    return s1, s2, beta * margins[0], gaps[0]
+
+
+def _loss_output(
+    s1: Tensor,
+    s2: Tensor,
+    margins: Tensor | None,
+    gap: Tensor,
+    temperature: float,
+    multi_negative: str,
+) -> CDALossOutput:
+    per_example = info_nce_from_scores(s1, s2, temperature, multi_negative)
+    return CDALossOutput(per_example.mean(), per_example, s1, s2, margins, gap)
+
+
+def strategy_loss(
+    strategy: int,
+    log_probs: Mapping[LogProb, Tensor],
+    *,
+    beta: float = 0.1,
+    temperature: float = 0.05,
+    bound: str = "sigmoid",
+    reference_sign: str = "paper",
+    multi_negative: str = "one_denominator",
+    labels: Mapping[LogProb, str] | None = None,
+) -> CDALossOutput:
+    """The CDA loss under an alignment strategy of the paper (0: eqs. 1-2; 1-4: appendix E, eqs. 3-6).
+
+    ``L = mean_b InfoNCE(S1, S2)`` (see :func:`info_nce_from_scores`) with ``S1 = -mean_j g(beta * gap_j)``
+    and ``S2_i = -mean_j g(beta * x_ij)`` over the terms of ``STRATEGIES[strategy]`` (one term, or two with
+    weights ½ each). ``log_probs`` holds at least ``STRATEGIES[strategy].log_probs``: per-query ones (B,),
+    per-negative ones (B, n) (or (B,) for n = 1). ``labels`` name the tensors in error messages (default:
+    ``LogProb.name``).
+
+    Raises:
+        ValueError: an unknown option, ``beta`` or ``temperature`` <= 0, a missing log-prob, a shape mismatch
+            or a non-finite input (naming the log-prob).
+    """
+    _check_choice("strategy", strategy, tuple(STRATEGIES))
+    _check_positive("beta", beta)
+    definition = STRATEGIES[strategy]
+    missing = [f"{spec.name} = {spec}" for spec in definition.log_probs if spec not in log_probs]
+    if missing:
+        raise ValueError(f"Strategy {strategy} needs the log-probs {missing}.")
+    values = {spec: ((labels or {}).get(spec, spec.name), log_probs[spec]) for spec in definition.log_probs}
+    s1, s2, margins, gap = _scores_of_strategy(definition, values, beta, bound, reference_sign)
+    return _loss_output(s1, s2, margins, gap, temperature, multi_negative)
 
 
 def cda_loss(
@@ -241,116 +372,69 @@ def cda_loss(
     temperature: float = 0.05,
     bound: str = "sigmoid",
     reference_sign: str = "paper",
-    s1_override: Tensor | None = None,
-    extra_scores: Tensor | None = None,
+    multi_negative: str = "one_denominator",
 ) -> CDALossOutput:
-    """``L = mean_b -log(exp(S1/t) / (exp(S1/t) + sum_i exp(S2_i/t)))`` with
-    ``S1 = -g(beta * |policy_pos_next - policy_pos_self|)`` (see ``alignment_score``) and
-    ``S2_i`` = ``preference_scores(policy_pos_next, policy_neg_next, ref_pos_next, ref_neg_next)``.
+    """The default CDA loss (paper eqs. 1-2, :func:`strategy_loss` with strategy 0) from five tensors:
 
-    Per-query arguments are (B,); negatives (B, n), or (B,) for n = 1. ``s1_override`` (B,) replaces S1
-    (e.g. ``divergence_alignment_score``); ``extra_scores`` (B, m) are more denominator terms (strategies
-    3 and 4). Sum or length-averaged log-probs: the caller's choice (``sequence_log_probs``).
+    ``S1 = -g(beta * |policy_pos_next - policy_pos_self|)``, ``S2_i`` from ``preference_scores(policy_pos_next,
+    policy_neg_next, ref_pos_next, ref_neg_next)``, ``L = mean_b -log(exp(S1/t) / (exp(S1/t) + sum_i
+    exp(S2_i/t)))``. Per-query arguments are (B,), negatives (B, n) or (B,) for n = 1. Sum or length-averaged
+    log-probs: the caller's choice (``sequence_log_probs``).
     """
-    return _cda(
-        ("policy_pos_next", policy_pos_next),
-        ("policy_pos_self", policy_pos_self),
-        ("policy_neg_next", policy_neg_next),
-        ("ref_pos_next", ref_pos_next),
-        ("ref_neg_next", ref_neg_next),
+    tensors = {
+        POS_GIVEN_QUERY: ("policy_pos_next", policy_pos_next),
+        POS_GIVEN_POS: ("policy_pos_self", policy_pos_self),
+        NEG_GIVEN_QUERY: ("policy_neg_next", policy_neg_next),
+        POS_GIVEN_QUERY.reference: ("ref_pos_next", ref_pos_next),
+        NEG_GIVEN_QUERY.reference: ("ref_neg_next", ref_neg_next),
+    }
+    return strategy_loss(
+        0,
+        {spec: tensor for spec, (_, tensor) in tensors.items()},
         beta=beta,
         temperature=temperature,
         bound=bound,
         reference_sign=reference_sign,
-        s1_override=s1_override,
-        extra_scores=extra_scores,
+        multi_negative=multi_negative,
+        labels={spec: label for spec, (label, _) in tensors.items()},
     )
 
 
-def _cda(
-    pos: Named,
-    pos_self: Named,
-    neg: Named,
-    ref_pos: Named,
-    ref_neg: Named,
+def divergence_loss(
+    kind: str,
+    distributions: Mapping[LogProb, tuple[Tensor, Tensor]],
     *,
-    beta: float,
-    temperature: float,
-    bound: str,
-    reference_sign: str,
-    s1_override: Tensor | None = None,
-    extra_scores: Tensor | None = None,
-) -> CDALossOutput:
-    """``cda_loss`` on named arguments, so that errors name the caller's arguments."""
-    _check_beta(beta)
-    p = _columns(*pos)
-    if p.shape[1] != 1:
-        raise ValueError(f"{pos[0]} must have shape (B,), got {tuple(pos[1].shape)}.")
-    p_self = _columns(*pos_self, like=pos)
-    x, margin = _preference_margin(pos, neg, ref_pos, ref_neg, reference_sign)
-    s2 = bounded_score(beta * x, bound)
-    if extra_scores is not None:
-        extra = _columns("extra_scores", extra_scores)
-        if extra.shape[0] != s2.shape[0]:
-            raise ValueError(f"extra_scores has shape {tuple(extra.shape)}; the batch size is {s2.shape[0]}.")
-        s2 = torch.cat([s2, extra.to(s2.dtype)], dim=1)
-    if s1_override is None:
-        s1 = bounded_score(beta * (p - p_self).abs(), bound).squeeze(1)
-    else:
-        s1 = _columns("s1_override", s1_override, like=pos).squeeze(1)
-    per_example = info_nce_from_scores(s1, s2, temperature)
-    return CDALossOutput(
-        loss=per_example.mean(),
-        per_example=per_example,
-        s1=s1,
-        s2=s2,
-        reward_margins=beta * margin,
-        alignment_gap=(p - p_self).abs().squeeze(1),
-    )
-
-
-def strategy_loss(
-    strategy: int,
-    log_probs: Mapping[str, Tensor],
-    *,
-    beta: float = 0.1,
     temperature: float = 0.05,
     bound: str = "sigmoid",
-    reference_sign: str = "paper",
-    s1_override: Tensor | None = None,
+    multi_negative: str = "one_denominator",
 ) -> CDALossOutput:
-    """CDA loss under an alignment strategy (paper, Appendix E); ``log_probs`` holds at least
-    ``STRATEGY_LOG_PROBS[strategy]`` (meanings in ``LOG_PROB_MEANINGS``).
+    """The paper's KL / JS variant (appendix B): both scores become divergences of next-token distributions, with
+    no beta and no reference term.
 
-    - 0: the default ``cda_loss``: align d+ regenerated from e_{q,I_next} and from e_{d+,I_self}.
-    - 1: align on regenerating q: ``cda_loss`` with (policy_pos_next, policy_pos_self, policy_neg_next,
-      refs) = lp(q | e_{d+,I_prev}), lp(q | e_{q,I_self}), lp(q | e_{d-_i,I_prev}) and their references.
-    - 2: per-example mean of the losses of 0 and 1; diagnostics (s1, s2, margins, gap) are those of 0.
-    - 3: 0 plus n denominator scores ``S3_i = -g(beta * x_i)``, x_i the preference of d+ over d-_i when
-      both are regenerated from e_{d+,I_self} (d+ should regenerate itself rather than d-).
-    - 4: 0 plus ``S4_i``: preference of d-_i over d+ when regenerated from e_{d-_i,I_self}.
+    ``S1 = -g(D(d+))``, ``S2_i = -g(D(d-_i))``, ``D(x) = mean_t div(p(. | x_<t, e_{x,I_self}) ||
+    p(. | x_<t, e_{q,I_next}))`` over x's real tokens (:func:`mean_divergence`; KL in this direction, JS is
+    symmetric). S2 is our reading of the paper's loosely indexed S2: the same divergence as S1 with d-_i in place of
+    d+, so that both distributions are over d-_i's own tokens (``docs/cda_loss.md``).
 
-    ``s1_override`` replaces the S1 of the d+ alignment term, so it is refused for strategies 1 and 2.
+    ``distributions`` maps each of :data:`DIVERGENCE_LOG_PROBS` to (log-distributions, target mask): for d+
+    ``(B, T, V)`` and ``(B, T)``; for the negatives ``(B, n, T, V)`` and ``(B, n, T)`` (or the d+ shapes for
+    n = 1). ``alignment_gap`` of the output is D(d+); it has no reward margins.
     """
-    _check_choice("strategy", strategy, tuple(STRATEGY_LOG_PROBS))
-    missing = [name for name in STRATEGY_LOG_PROBS[strategy] if name not in log_probs]
+    missing = [f"{spec.name} = {spec}" for spec in DIVERGENCE_LOG_PROBS if spec not in distributions]
     if missing:
-        raise ValueError(f"Strategy {strategy} needs log-probs {missing} (see LOG_PROB_MEANINGS).")
-    if s1_override is not None and strategy in (1, 2):
-        raise ValueError(f"s1_override applies to the d+ alignment term, which strategy {strategy} lacks.")
-    options = {"beta": beta, "temperature": temperature, "bound": bound, "reference_sign": reference_sign}
+        raise ValueError(f"The {kind} similarity needs the distributions of {missing}.")
 
-    def named(*names: str) -> list[Named]:
-        return [(name, log_probs[name]) for name in names]
+    def divergence(term: DivergenceTerm) -> Tensor:
+        (log_p, mask), (log_q, query_mask) = distributions[term.self_conditioned], distributions[term.query_conditioned]
+        if not torch.equal(mask.bool(), query_mask.bool()):
+            raise ValueError(f"{term.self_conditioned.name} and {term.query_conditioned.name} have different masks.")
+        return mean_divergence(log_p, log_q, mask, kind)
 
-    if strategy == 1:
-        return _cda(*named(*_QUERY), **options)
-    extra_scores = None
-    if strategy in _EXTRA_PREFERENCE:
-        x, _ = _preference_margin(*named(*_EXTRA_PREFERENCE[strategy]), reference_sign)
-        extra_scores = bounded_score(beta * x, bound)
-    out = _cda(*named(*_DEFAULT), **options, s1_override=s1_override, extra_scores=extra_scores)
-    if strategy == 2:
-        per_example = (out.per_example + _cda(*named(*_QUERY), **options).per_example) / 2
-        return replace(out, loss=per_example.mean(), per_example=per_example)
-    return out
+    positive = divergence(DIVERGENCE_S1)
+    if positive.dim() != 1:
+        raise ValueError(f"The d+ distributions must be (B, T, V), got {tuple(positive.shape)} divergences.")
+    negatives = _as_2d(divergence(DIVERGENCE_S2))
+    if negatives.shape[0] != positive.shape[0]:
+        raise ValueError(f"The negatives have batch size {negatives.shape[0]}, d+ has {positive.shape[0]}.")
+    s1, s2 = bounded_score(positive, bound), bounded_score(negatives, bound)
+    return _loss_output(s1, s2, None, positive, temperature, multi_negative)

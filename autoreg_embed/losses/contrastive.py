@@ -14,6 +14,7 @@ def info_nce_loss(
     *,
     temperature: float = 0.05,
     in_batch_negatives: bool = True,
+    reduction: str = "mean",
 ) -> Tensor:
     """Mean over queries of ``-log(exp(s(q,d+)/t) / sum_d exp(s(q,d)/t))`` with ``s`` the cosine similarity.
 
@@ -25,6 +26,7 @@ def info_nce_loss(
     Args:
         queries: (B, H). positives: (B', H) with B' >= B, row b the positive of query b.
         negatives: (B', n, H) hard negatives or ``None``.
+        reduction: ``"mean"`` (a scalar), ``"sum"`` (a scalar) or ``"none"`` (B,), over queries.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
@@ -44,4 +46,4 @@ def info_nce_loss(
             hard = F.normalize(negatives[:batch].float(), dim=-1)
             logits = torch.cat([logits, torch.einsum("bh,bnh->bn", queries, hard)], dim=1)
         own = torch.zeros_like(own)
-    return F.cross_entropy(logits / temperature, own)
+    return F.cross_entropy(logits / temperature, own, reduction=reduction)

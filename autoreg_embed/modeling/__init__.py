@@ -1,14 +1,15 @@
-"""Compressing encoder, conditional log-probs under a frozen decoder, pooling, and encoder settings."""
+"""Compressing encoder, conditional log-probs under a frozen decoder, frozen roles, pooling, and encoder settings."""
 
-from autoreg_embed.modeling.decoder import ConditionalLogProbs, FrozenDecoder, conditional_log_probs, frozen_copy
+from autoreg_embed.modeling.compress_tokens import add_compress_tokens
+from autoreg_embed.modeling.decoder import ConditionalLogProbs, conditional_log_probs
 from autoreg_embed.modeling.encoder import (
     EncoderOutput,
-    add_compress_tokens,
     backbone_of,
     compress_positions,
     encode,
     last_hidden_states,
 )
+from autoreg_embed.modeling.frozen import FrozenRole, frozen_copy, original_decoder, reference_role
 from autoreg_embed.modeling.inputs import EncoderInputBuilder, compress_token_ids, pad_sequences
 from autoreg_embed.modeling.settings import SETTINGS_FILE, EncoderSettings
 
@@ -18,7 +19,7 @@ __all__ = [
     "EncoderInputBuilder",
     "EncoderOutput",
     "EncoderSettings",
-    "FrozenDecoder",
+    "FrozenRole",
     "add_compress_tokens",
     "backbone_of",
     "compress_positions",
@@ -27,5 +28,7 @@ __all__ = [
     "encode",
     "frozen_copy",
     "last_hidden_states",
+    "original_decoder",
     "pad_sequences",
+    "reference_role",
 ]

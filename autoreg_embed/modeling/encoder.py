@@ -1,7 +1,8 @@
 """The compressing encoder: an LLM body whose last-layer states at k compress tokens form the embedding.
 
-These are functions over any Hugging Face causal LM (or a PEFT model wrapping one), not a wrapper class, so
-that trainers keep the plain model (its saving, gradient checkpointing, PEFT and DeepSpeed handling intact).
+These are functions over any Hugging Face causal LM (or a PEFT model wrapping one, or either wrapped by a
+distributed engine), not a wrapper class, so that trainers keep the plain model (its saving, gradient
+checkpointing, PEFT and DeepSpeed handling intact). Every pass runs the model's own forward.
 """
 
 from __future__ import annotations
@@ -11,9 +12,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autoreg_embed.modeling.settings import EncoderSettings
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """``model`` without a DDP / DeepSpeed / FSDP wrapper (accelerate's ``extract_model_from_parallel``).
+
+    Without accelerate installed (an app that only loads a checkpoint to embed text) nothing can be wrapped.
+    """
+    try:
+        from accelerate.utils import extract_model_from_parallel
+    except ImportError:
+        return model
+    return extract_model_from_parallel(model)
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -41,15 +53,27 @@ def last_hidden_states(
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Last-layer hidden states (B, L, H) of the model body, with padding-independent position ids."""
-    outputs = backbone_of(model)(
-        input_ids=input_ids,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    )
-    return outputs.last_hidden_state
+    """Last-layer hidden states (B, L, H) of a causal LM's body, with padding-independent position ids.
+
+    ``model`` runs through its own forward, so it may be a causal LM, a PEFT model, or either wrapped by DDP,
+    DeepSpeed or FSDP: the engine's hooks then run (gradient synchronisation, parameter gathering). The body's
+    output is read with a forward hook, and the LM head projects a single position (``logits_to_keep=1``).
+    """
+    captured: list[torch.Tensor] = []
+    body = backbone_of(unwrapped(model))
+    handle = body.register_forward_hook(lambda _module, _args, output: captured.append(output[0]))
+    try:
+        model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            logits_to_keep=1,
+        )
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 def last_token_indices(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -107,52 +131,3 @@ def encode(
     if settings.normalize:
         pooled = F.normalize(pooled.float(), dim=-1).to(pooled.dtype)
     return EncoderOutput(embedding=pooled, compress_states=compress_states)
-
-
-def add_compress_tokens(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: EncoderSettings, init_from: str = "mean"
-) -> list[int]:
-    """Add the k compress tokens to ``tokenizer`` and give them embedding rows in ``model``; return their ids.
-
-    New rows start at the mean of the existing vocabulary embeddings (``init_from="mean"``), or at the embedding
-    of the last token of the string ``init_from`` (e.g. the instruction's closing quote, so that step 0 sees the
-    same input as the prompt baseline). The matrix only grows (models with spare rows keep their size). Calling
-    it again with the same settings is a no-op that returns the ids.
-    """
-    tokens = settings.compress_tokens
-    if not tokens:  # prompt baselines (k = 0) have nothing to add
-        return []
-    vocab = tokenizer.get_vocab()
-    present = [token for token in tokens if token in vocab]
-    if present and len(present) < len(tokens):
-        raise ValueError(f"The tokenizer has only some compress tokens ({present}); expected all of {tokens}.")
-    embeddings = model.get_input_embeddings()
-    if present:
-        ids = [vocab[token] for token in tokens]
-        if max(ids) >= embeddings.weight.shape[0]:
-            raise ValueError("The tokenizer has compress tokens the model has no embedding rows for.")
-        return ids
-    tokenizer.add_tokens(tokens, special_tokens=True)
-    ids = tokenizer.convert_tokens_to_ids(tokens)
-    if max(ids) >= embeddings.weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    _initialise_rows(model, tokenizer, ids, init_from)
-    return ids
-
-
-@torch.no_grad()
-def _initialise_rows(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int], init_from: str
-) -> None:
-    num_original = min(ids)
-    matrices = [model.get_input_embeddings().weight]
-    output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(output.weight)
-    if init_from != "mean":
-        source_ids = tokenizer(init_from, add_special_tokens=False)["input_ids"]
-        if not source_ids:
-            raise ValueError(f"compress-token init string {init_from!r} tokenizes to nothing.")
-    for matrix in matrices:
-        source = matrix[:num_original].float().mean(dim=0) if init_from == "mean" else matrix[source_ids[-1]]
-        matrix[ids] = source.to(matrix.dtype).clone().expand(len(ids), -1)  # clone: a row of `matrix` itself

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 SETTINGS_FILE = "autoreg_embed_config.json"
 """File name of the encoder settings inside a saved checkpoint."""
 
-POOLING_METHODS = ("compress_mean", "compress_last", "last", "mean", "eos")
+Pooling = Literal["compress_mean", "compress_last", "last", "mean", "eos"]
+POOLING_METHODS: tuple[str, ...] = get_args(Pooling)
 """``compress_*`` reduce the k compress-token states; ``last``/``mean``/``eos`` pool an untrained prompt."""
+
+FIXED, ADJUSTABLE = "fixed", "adjustable"
+"""How a training option (field metadata ``"training_option"``) behaves when training continues from a saved
+checkpoint: a ``fixed`` one is what the encoder was trained with and may not change; an ``adjustable`` one may."""
 
 TEXT_PLACEHOLDER = "{text}"
 
@@ -25,19 +31,47 @@ class EncoderSettings:
     default template ``"{text}\\n{instruction}"``: instruction after the text, compress tokens last.
     """
 
-    num_compress_tokens: int = field(default=5, metadata={"help": "k, the number of compress tokens."})
+    num_compress_tokens: int = field(
+        default=5, metadata={"help": "k, the number of compress tokens (paper: 5).", "training_option": FIXED}
+    )
     compress_token_format: str = field(
         default="<EMBED{index}>", metadata={"help": "Format of the compress-token strings ({index} = 0..k-1)."}
     )
     template: str = field(
         default="{text}\n{instruction}",
-        metadata={"help": "Layout of text and instruction; must contain {text} and may contain {instruction}."},
+        metadata={
+            "help": "Layout of text and instruction: {text} once and optionally {instruction}, e.g. "
+            "'This sentence : \"{text}\" {instruction}' (PromptEOL's prompt around the text).",
+            "training_option": FIXED,
+        },
     )
-    add_bos: bool = field(default=True, metadata={"help": "Start every encoder input with the BOS token."})
-    pooling: str = field(default="compress_mean", metadata={"help": f"One of {', '.join(POOLING_METHODS)}."})
+    add_bos: bool = field(
+        default=True,
+        metadata={
+            "help": "Start every encoder input with the BOS token (turn off for tokenizers without BOS).",
+            "training_option": FIXED,
+        },
+    )
+    pooling: Pooling = field(
+        default="compress_mean",
+        metadata={
+            "help": "How hidden states become the embedding: compress_mean / compress_last, the mean / last of the k "
+            "compress states (paper: compress_mean); last, mean, eos: the last token, all tokens, or an appended EOS "
+            "token of an untrained prompt (k = 0).",
+            "training_option": FIXED,
+        },
+    )
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings (inner product = cosine)."})
-    max_text_length: int = field(default=512, metadata={"help": "Tokens of text kept (the head is kept)."})
-    max_instruction_length: int = field(default=512, metadata={"help": "Tokens of instruction kept."})
+    max_text_length: int = field(
+        default=512,
+        metadata={
+            "help": "Tokens of context / query / document text kept (the head; truncations are counted).",
+            "training_option": ADJUSTABLE,
+        },
+    )
+    max_instruction_length: int = field(
+        default=512, metadata={"help": "Tokens of instruction kept (the head).", "training_option": ADJUSTABLE}
+    )
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The original LLM (the frozen decoder of both training stages)."}
     )
@@ -107,3 +141,9 @@ class EncoderSettings:
     def exists_in(cls, directory: str | os.PathLike) -> bool:
         """Whether ``directory`` holds saved encoder settings."""
         return (Path(directory) / SETTINGS_FILE).is_file()
+
+
+def training_options() -> dict[str, Field]:
+    """The :class:`EncoderSettings` fields a trainer config exposes as options, by name (metadata
+    ``"training_option"``: :data:`FIXED` or :data:`ADJUSTABLE`)."""
+    return {option.name: option for option in fields(EncoderSettings) if "training_option" in option.metadata}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -11,9 +11,9 @@ from sentence_transformers.base.modules import InputModule
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from autoreg_embed.modeling.checkpoint import load_encoder
-from autoreg_embed.modeling.decoder import is_peft_model
+from autoreg_embed.modeling.checkpoint import load_encoder, partial_token_adapters
 from autoreg_embed.modeling.encoder import backbone_of, encode
+from autoreg_embed.modeling.frozen import is_peft_model
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
 from autoreg_embed.modeling.settings import EncoderSettings
 
@@ -52,7 +52,8 @@ class AutoRegEmbedModule(InputModule):
         model: a causal LM (or a PEFT model wrapping one) whose embedding matrix holds the compress tokens.
         tokenizer: its tokenizer, with the compress tokens and a pad token.
         settings: the encoder layout and pooling.
-        training_stages: names of the training stages the weights went through (for the model card).
+        training_stages: the training stages the weights went through, oldest first: trainer names or stage records
+            (:func:`~autoreg_embed.sentence_transformers.model_card.training_stage_record`; for the model card).
     """
 
     config_file_name = MODULE_CONFIG_FILE
@@ -64,7 +65,7 @@ class AutoRegEmbedModule(InputModule):
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         settings: EncoderSettings,
-        training_stages: Sequence[str] = (),
+        training_stages: Sequence[str | Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
         self.model = model
@@ -142,7 +143,8 @@ class AutoRegEmbedModule(InputModule):
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         """Write the weights (safetensors; an unmerged PEFT model writes its adapter), tokenizer, settings, config."""
-        self.model.save_pretrained(output_path)
+        with partial_token_adapters(self.model):
+            self.model.save_pretrained(output_path)
         self.save_tokenizer(output_path)
         self._settings.save(output_path)
         self.save_config(output_path)

@@ -43,6 +43,10 @@ class ContrastiveTrainer(AutoRegTrainer):
             self.instruction_texts["self"],
         )
 
+    def loss_items(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss averages over queries."""
+        return torch.tensor(inputs["input_ids"].shape[0] // (2 + int(inputs["num_negatives"])))
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -50,7 +54,8 @@ class ContrastiveTrainer(AutoRegTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """InfoNCE of each query against its positive, its hard negatives and (optionally) the batch's."""
+        """InfoNCE of each query against its positive, its hard negatives and (optionally) the batch's, averaged
+        over the queries of the optimisation step."""
         embeddings = self.encode_batch(model, inputs).embedding
         num_negatives = int(inputs["num_negatives"])
         batch = embeddings.shape[0] // (2 + num_negatives)
@@ -65,7 +70,9 @@ class ContrastiveTrainer(AutoRegTrainer):
             negatives,
             temperature=self.args.temperature,
             in_batch_negatives=self.args.in_batch_negatives,
+            reduction="sum",
         )
+        loss = self.average_over_items(loss, self.loss_items(inputs), num_items_in_batch)
         self.check_finite(loss)
         similarity = (queries.float() * positives[:batch].float()).sum(-1)
         metrics = {"cosine/positive": similarity.mean()}
