@@ -5,7 +5,8 @@ Recipes, each ending with an STS-B dev evaluation (Spearman x100 of cosine simil
   (b) InfoNCE (ContrastiveTrainer) on NLI triplets;
   (c) stage 1 (compression), then CDA on the same triplets as (b), with the paper's and the official reference
       sign;
-  (d) stage 1 only (the checkpoint (c) starts from).
+  (d) stage 1 only (the checkpoint (c) starts from);
+  (e) (c) with the paper's sign followed by one epoch of InfoNCE (the paper's retrieval recipe).
 Stage 1 is either the paper's (``--stage1 qa``: regenerate answers of SQuAD/XQuAD/PubMedQA rows) or the one the
 decoder reads at this scale (``--stage1 autoencoding``: regenerate short SNLI sentences that are not among the
 triplets, with the frozen decoder reading the states inside ``--decoder_template``, see docs/reproduce.md). The
@@ -13,10 +14,10 @@ readout gain of stage 1 (nats per token the decoder gains from a row's own state
 every ``--eval_steps`` and after stage 2. Every trained recipe runs once per ``--seeds`` value (data shuffle and
 initialisation); a learning curve compares CDA (paper sign) with InfoNCE at ``--curve`` triplet counts.
 
-Writes, into ``--output_dir``: ``seed-N/`` (checkpoints and ``results.json`` of each seed; a finished seed is not
-run again, so seeds may run as parallel processes and a last call aggregates them), ``results.json``,
-``results.md`` (mean +- std over seeds, wall-clock times), ``readout_curve.png``, ``learning_curve.png`` and
-``loss_curves.png``. Run from the repository root (data in ``../shared/data``)::
+Writes, into ``--output_dir``: ``seed-N/`` (checkpoints and ``results.json`` of each seed, written after every
+recipe; finished recipes are not run again, so seeds may run as parallel processes and a last call aggregates
+them), ``results.json``, ``results.md`` (mean +- std over seeds, wall-clock times), ``readout_curve.png``,
+``learning_curve.png`` and ``loss_curves.png``. Run from the repository root (data in ``../shared/data``)::
 
     python examples/reproduce.py --size small --stage1 autoencoding --seeds 0 1 2 --output_dir runs/reproduce
     python examples/reproduce.py --size smoke --stage1 autoencoding --seeds 0 --output_dir runs/smoke  # minutes
@@ -204,41 +205,50 @@ def stage1_data(args: argparse.Namespace, sizes: Sizes, seed: int) -> tuple[Data
 
 
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
-    """Every trained recipe of one seed; returns (and writes to ``out/results.json``) scores, times and logs."""
+    """Every trained recipe of one seed; returns (and writes to ``out/results.json`` after each recipe) scores,
+    times and logs. Recipes that file already holds are not run again (an interrupted seed continues)."""
     sizes, data = SIZES[args.size], Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     layout, instructions = layout_options(args.layout, args.num_compress_tokens)
     stage1_layout = {**layout, "decoder_template": DECODER_TEMPLATES.get(args.decoder_template, args.decoder_template)}
-    result: dict[str, Any] = {"seed": seed, "recipes": {}, "readout_gain": {}, "curve": {}, "logs": {}}
+    file = out / "results.json"
+    empty = {"seed": seed, "recipes": {}, "readout_gain": {}, "curve": {}, "logs": {}}
+    result: dict[str, Any] = json.loads(file.read_text()) if file.is_file() else empty
     recipes = result["recipes"]
+
+    def save() -> None:
+        file.write_text(json.dumps(result, indent=2))
 
     stage1_dir = out / "compression"
     train_rows, held_out = stage1_data(args, sizes, seed)
-    stage1 = CompressionTrainer(
-        model=args.model,
-        args=CompressionConfig(
-            **common_options(sizes, stage1_dir, stage1_layout, seed, args.bf16),
-            max_target_length=sizes.max_length,
-            learning_rate=args.compression_lr,
-            num_train_epochs=args.compression_epochs,
-            warmup_steps=args.compression_warmup_steps,
-            lr_scheduler_type=args.compression_scheduler,
-            eval_strategy="steps",
-            eval_steps=args.eval_steps,
-            eval_on_start=True,
-        ),
-        train_dataset=train_rows,
-        eval_dataset=held_out,
-    )
-    result["logs"]["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
-    result["readout_gain"]["stage 1"] = stage1.evaluate()["eval_readout_gain"]
-    score, eval_seconds = timed(lambda: sts_score(load(stage1_dir), data, sizes))
-    recipes["(d) stage 1 only"] = {"spearman": score, "seconds": seconds + eval_seconds}
+    if "(d) stage 1 only" not in recipes:
+        stage1 = CompressionTrainer(
+            model=args.model,
+            args=CompressionConfig(
+                **common_options(sizes, stage1_dir, stage1_layout, seed, args.bf16),
+                max_target_length=sizes.max_length,
+                learning_rate=args.compression_lr,
+                num_train_epochs=args.compression_epochs,
+                warmup_steps=args.compression_warmup_steps,
+                lr_scheduler_type=args.compression_scheduler,
+                eval_strategy="steps",
+                eval_steps=args.eval_steps,
+                eval_on_start=True,
+            ),
+            train_dataset=train_rows,
+            eval_dataset=held_out,
+        )
+        result["logs"]["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
+        result["readout_gain"]["stage 1"] = stage1.evaluate()["eval_readout_gain"]
+        score, eval_seconds = timed(lambda: sts_score(load(stage1_dir), data, sizes))
+        recipes["(d) stage 1 only"] = {"spearman": score, "seconds": seconds + eval_seconds}
+        save()
 
     for count in sorted({*(args.curve or sizes.curve), sizes.triplets}):
         rows = triplets(data, count, seed)
+        curve = result["curve"].setdefault(str(count), {})
         signs = REFERENCE_SIGNS if count == sizes.triplets else REFERENCE_SIGNS[:1]
-        for sign in signs:
+        for sign in (sign for sign in signs if f"cda-{sign}" not in curve):
             cda_dir = out / f"cda-{sign}-{count}"
             cda = CDATrainer(
                 model=str(stage1_dir),
@@ -254,36 +264,58 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                 train_dataset=rows,
             )
             logs, cda_seconds = timed(lambda t=cda, d=cda_dir: train(t, d))
-            score = sts_score(load(cda_dir), data, sizes)
-            result["curve"].setdefault(str(count), {})[f"cda-{sign}"] = score
+            curve[f"cda-{sign}"] = sts_score(load(cda_dir), data, sizes)
             if count == sizes.triplets:
                 recipes[f"(c) stage 1 + CDA, {sign} reference sign"] = {
-                    "spearman": score,
+                    "spearman": curve[f"cda-{sign}"],
                     "seconds": recipes["(d) stage 1 only"]["seconds"] + cda_seconds,
                 }
                 result["readout_gain"][f"after CDA ({sign} sign)"] = readout_gain(
                     str(cda_dir), held_out, sizes, out / "readout"
                 )
                 result["logs"][f"cda-{sign}"] = logs
-        infonce_dir = out / f"infonce-{count}"
-        infonce = ContrastiveTrainer(
-            model=args.model,
-            args=ContrastiveConfig(
-                **common_options(sizes, infonce_dir, layout, seed, args.bf16),
-                **instructions,
-                learning_rate=args.infonce_lr,
-                num_train_epochs=args.infonce_epochs,
-            ),
-            train_dataset=rows,
-        )
-        logs, infonce_seconds = timed(lambda t=infonce, d=infonce_dir: train(t, d))
-        score = sts_score(load(infonce_dir), data, sizes)
-        result["curve"][str(count)]["infonce"] = score
-        if count == sizes.triplets:
-            recipes["(b) InfoNCE"] = {"spearman": score, "seconds": infonce_seconds}
-            result["logs"]["infonce"] = logs
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+            save()
+        if "infonce" not in curve:
+            infonce_dir = out / f"infonce-{count}"
+            logs, seconds = timed(lambda r=rows, d=infonce_dir: train(infonce(args, r, d, layout, seed), d))
+            curve["infonce"] = sts_score(load(infonce_dir), data, sizes)
+            if count == sizes.triplets:
+                recipes["(b) InfoNCE"] = {"spearman": curve["infonce"], "seconds": seconds}
+                result["logs"]["infonce"] = logs
+            save()
+
+    name = "(e) stage 1 + CDA (paper sign) + InfoNCE"
+    if name not in recipes:  # the paper's retrieval recipe: one epoch of InfoNCE after CDA
+        then_dir, cda_dir = out / "cda-then-infonce", out / f"cda-paper-{sizes.triplets}"
+        rows = triplets(data, sizes.triplets, seed)
+        _, seconds = timed(lambda: train(infonce(args, rows, then_dir, {}, seed, str(cda_dir)), then_dir))
+        previous = recipes["(c) stage 1 + CDA, paper reference sign"]["seconds"]
+        recipes[name] = {"spearman": sts_score(load(then_dir), data, sizes), "seconds": previous + seconds}
+        save()
     return result
+
+
+def infonce(
+    args: argparse.Namespace,
+    rows: Dataset,
+    output_dir: Path,
+    layout: dict[str, Any],
+    seed: int,
+    model: str | None = None,
+) -> ContrastiveTrainer:
+    """InfoNCE on ``rows`` from ``model`` (default: the base LLM with ``layout``)."""
+    sizes = SIZES[args.size]
+    _, instructions = layout_options(args.layout, args.num_compress_tokens)
+    return ContrastiveTrainer(
+        model=model or args.model,
+        args=ContrastiveConfig(
+            **common_options(sizes, output_dir, layout, seed, args.bf16),
+            **instructions,
+            learning_rate=args.infonce_lr,
+            num_train_epochs=args.infonce_epochs,
+        ),
+        train_dataset=rows,
+    )
 
 
 def baselines(model: str | None, data: Path, sizes: Sizes) -> dict[str, dict[str, float]]:
@@ -311,10 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or reuse) every seed, then aggregate: mean and std over seeds of every trained recipe."""
     sizes, out = SIZES[args.size], Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = []
-    for seed in args.seeds:
-        done = out / f"seed-{seed}" / "results.json"
-        seeds.append(json.loads(done.read_text()) if done.is_file() else run_seed(args, seed, out / f"seed-{seed}"))
+    seeds = [run_seed(args, seed, out / f"seed-{seed}") for seed in args.seeds]
     results: dict[str, Any] = {
         "size": args.size,
         "sizes": sizes.__dict__,

@@ -90,6 +90,7 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
         "(b) InfoNCE",
         "(c) stage 1 + CDA, paper reference sign",
         "(c) stage 1 + CDA, official reference sign",
+        "(e) stage 1 + CDA (paper sign) + InfoNCE",
     }
     trained = [r["spearman"] for name, r in recipes.items() if not name.startswith("(a)")]
     assert all(-100 <= r["mean"] <= 100 and r["std"] == 0.0 and len(r["values"]) == 1 for r in trained)
