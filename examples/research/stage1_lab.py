@@ -103,21 +103,6 @@ def continuation_rows(sentences: list[str], instruction: str, tokenizer: Any) ->
     return Dataset.from_dict({"context": contexts, "instruction": [instruction] * len(contexts), "target": targets})
 
 
-def wrap_in_template(states: torch.Tensor, template: str, tokenizer: Any, embeddings: nn.Module) -> torch.Tensor:
-    """(B, k, H) states -> (B, a + k + b, H) decoder prefix: the embedded template text around them.
-
-    ``template`` holds ``{states}`` once; its text before and after is tokenized without added special tokens
-    (special-token strings such as ``<|im_start|>`` in it are recognised) and embedded with the decoder's own
-    input embeddings, so the decoder reads ``[embed(before) ; states ; embed(after)]`` and then the target.
-    """
-    before, after = template.split("{states}")
-    pieces = []
-    for text in (before, after):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-        pieces.append(embeddings.weight[ids].detach().to(states.dtype).expand(states.shape[0], -1, -1))
-    return torch.cat([pieces[0], states, pieces[1]], dim=1)
-
-
 class CenteredGradient(torch.autograd.Function):
     """Identity forward; backward removes the batch mean of the gradient (no common-mode push on the states)."""
 
@@ -154,7 +139,8 @@ class LabCompressionTrainer(CompressionTrainer):
             return decoder.get_input_embeddings()
 
     def decoder_prefix(self, states: torch.Tensor) -> torch.Tensor:
-        """The vectors the decoder reads before the target: the states, optionally rescaled, after BOS."""
+        """The vectors the decoder reads in place of the states (inside ``decoder_template``): optionally a soft
+        token or rescaled."""
         if self.lab.prefix_map == "vocab_softmax":
             # A soft token: the decoder's input embedding of the mixture the state predicts through the LM head.
             with self.frozen_decoder() as decoder:
@@ -166,8 +152,7 @@ class LabCompressionTrainer(CompressionTrainer):
             states = states * (self.embedding_norm / states.float().norm(dim=-1, keepdim=True).to(states.dtype))
         elif self.lab.state_scale == "learned":
             states = states * self.model.lab_log_state_scale.exp().to(states.dtype)
-        template = self.lab.decoder_template or ("<|im_start|>{states}" if self.lab.decoder_bos else "{states}")
-        return wrap_in_template(states, template, self.processing_class, self.frozen_decoder_embeddings())
+        return states
 
     def contrastive_active(self) -> bool:
         return self.lab.contrastive_weight > 0 or self.state.global_step < self.lab.contrastive_only_steps
@@ -187,7 +172,7 @@ class LabCompressionTrainer(CompressionTrainer):
         ids, mask = inputs["target_ids"], inputs["target_mask"]
         batch = ids.shape[0]
         with self.frozen_decoder() as decoder:
-            own = conditional_log_probs(decoder, prefix, ids, mask)
+            own = conditional_log_probs(decoder, prefix, ids, mask, prompt=self.decoder_prompt)
             ce = -own.token_log_probs.sum() / mask.sum()
             metrics: dict[str, Any] = {"target_log_prob_per_token": own.mean.mean(), "ce": ce}
             negatives = min(self.lab.contrastive_negatives, batch - 1)
@@ -195,7 +180,9 @@ class LabCompressionTrainer(CompressionTrainer):
             use_contrastive = model.training and (self.lab.contrastive_weight > 0 or contrastive_only) and negatives > 0
             if use_contrastive:
                 others = [
-                    conditional_log_probs(decoder, prefix.roll(shift, dims=0), ids, mask).mean
+                    conditional_log_probs(
+                        decoder, prefix.roll(shift, dims=0), ids, mask, prompt=self.decoder_prompt
+                    ).mean
                     for shift in range(1, negatives + 1)
                 ]
                 scores = torch.stack([own.mean, *others], dim=1)  # (B, 1 + m) nats per token
@@ -209,7 +196,7 @@ class LabCompressionTrainer(CompressionTrainer):
         self.check_finite(loss)
         if not model.training and batch > 1:
             with torch.no_grad(), self.frozen_decoder() as decoder:
-                other = conditional_log_probs(decoder, prefix.roll(1, dims=0), ids, mask)
+                other = conditional_log_probs(decoder, prefix.roll(1, dims=0), ids, mask, prompt=self.decoder_prompt)
             metrics["readout_gain"] = (own.mean - other.mean).mean()
         if self.lab.state_scale == "learned":
             metrics["state_scale"] = self.model.lab_log_state_scale.exp()
@@ -324,6 +311,7 @@ def main() -> None:
         output_dir=str(out),
         num_compress_tokens=args.k,
         **layout,
+        decoder_template=args.decoder_template or ("<|im_start|>{states}" if args.decoder_bos else None),
         learning_rate=args.lr,
         warmup_steps=args.warmup_steps,
         lr_scheduler_type=args.scheduler,
