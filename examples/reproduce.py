@@ -1,23 +1,33 @@
-"""Small-scale reproduction of AutoRegEmbed's central claim on the embedded SmolLM2-135M (CPU friendly).
+"""Small-scale reproduction of AutoRegEmbed's central claim on the embedded SmolLM2-135M (CPU friendly), over seeds.
 
 Recipes, each ending with an STS-B dev evaluation (Spearman x100 of cosine similarity):
   (a) untrained baselines: last-token, mean pooling, PromptEOL;
   (b) InfoNCE (ContrastiveTrainer) on NLI triplets;
-  (c) compression on SQuAD/XQuAD/PubMedQA rows, then CDA on the same triplets as (b);
-  (d) compression only (the stage-1 checkpoint of (c)).
-Then a learning curve: STS-B dev Spearman against the number of training triplets, CDA vs InfoNCE.
+  (c) stage 1 (compression), then CDA on the same triplets as (b), with the paper's and the official reference
+      sign;
+  (d) stage 1 only (the checkpoint (c) starts from);
+  (e) (c) with the paper's sign followed by one epoch of InfoNCE (the paper's retrieval recipe).
+Stage 1 is either the paper's (``--stage1 qa``: regenerate answers of SQuAD/XQuAD/PubMedQA rows) or the one the
+decoder reads at this scale (``--stage1 autoencoding``: regenerate short SNLI sentences that are not among the
+triplets, with the frozen decoder reading the states inside ``--decoder_template``, see docs/reproduce.md). The
+readout gain of stage 1 (nats per token the decoder gains from a row's own states) is measured on held-out rows
+every ``--eval_steps`` and after stage 2. Every trained recipe runs once per ``--seeds`` value (data shuffle and
+initialisation); a learning curve compares CDA (paper sign) with InfoNCE at ``--curve`` triplet counts.
 
-Writes ``results.json``, ``results.md`` (table with wall-clock times), ``learning_curve.png`` and
-``loss_curves.png`` into ``--output_dir``. Run from the repository root (data in ``../shared/data``)::
+Writes, into ``--output_dir``: ``seed-N/`` (checkpoints and ``results.json`` of each seed, written after every
+recipe; finished recipes are not run again, so seeds may run as parallel processes and a last call aggregates
+them), ``results.json``, ``results.md`` (mean +- std over seeds, wall-clock times), ``readout_curve.png``,
+``learning_curve.png`` and ``loss_curves.png``. Run from the repository root (data in ``../shared/data``)::
 
-    python examples/reproduce.py --size small --output_dir runs/reproduce     # about an hour on 2 CPU cores
-    python examples/reproduce.py --size smoke --output_dir runs/smoke         # minutes: checks the pipeline
+    python examples/reproduce.py --size small --stage1 autoencoding --seeds 0 1 2 --output_dir runs/reproduce
+    python examples/reproduce.py --size smoke --stage1 autoencoding --seeds 0 --output_dir runs/smoke  # minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,13 +48,15 @@ from autoreg_embed import (
 from autoreg_embed.data.loading import load_rows
 from autoreg_embed.evaluation import evaluate_sts
 from autoreg_embed.sentence_transformers import PROMPTEOL_INSTRUCTION, PROMPTEOL_LAYOUT, PROMPTEOL_TEMPLATE, baseline
+from autoreg_embed.trainers.recipes import CHATML_WORDS_DECODER_TEMPLATE
 
 
 @dataclass(frozen=True)
 class Sizes:
     """How much data and compute each recipe gets."""
 
-    compression_rows: int
+    compression_rows: int | None
+    """Stage-1 rows (``None``: all of them but the held-out rows)."""
     triplets: int
     curve: tuple[int, ...]
     sts_pairs: int
@@ -58,15 +70,26 @@ SIZES = {
         compression_rows=16, triplets=16, curve=(8, 16), sts_pairs=40, max_length=48, batch_size=4, readout_rows=8
     ),
     "small": Sizes(
-        compression_rows=400,
+        compression_rows=1200,
         triplets=600,
-        curve=(150, 300, 600),
+        curve=(150, 600),
         sts_pairs=500,
         max_length=96,
         batch_size=8,
         readout_rows=48,
     ),
+    "gpu": Sizes(
+        compression_rows=None,
+        triplets=6339,
+        curve=(600, 6339),
+        sts_pairs=1500,
+        max_length=256,
+        batch_size=32,
+        readout_rows=48,
+    ),
 }
+"""``gpu`` is the paper-size stage 1 (all 4.7k compression rows; run it with ``--stage1 qa --compression_epochs 2
+--bf16``) and all 6.3k SNLI triplets: ``benchmarks/gpu_reproduce.sh``."""
 
 
 LAYOUTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
@@ -78,27 +101,52 @@ with the paper's STS instruction and vocabulary-mean compress tokens. ``prompteo
 the text with the compress tokens started from its closing ``:"`` token, so that with k = 1 the untrained encoder
 *is* PromptEOL (step 0 = the prompt baseline)."""
 
+DECODER_TEMPLATES = {"none": None, "chatml_words": CHATML_WORDS_DECODER_TEMPLATE}
+"""``--decoder_template`` presets (any other value is used as the template itself)."""
 
+REFERENCE_SIGNS = ("paper", "official")
 COMPRESSION_FILES = ("squad2_devhalf_answerable.jsonl", "xquad_en.jsonl", "pubmedqa_pqal.jsonl")
 
 
-def per_file(count: int) -> int:
-    """Rows taken from each compression file for ``count`` rows in all."""
-    return -(-count // len(COMPRESSION_FILES))
+def qa_rows(data: Path, sizes: Sizes, seed: int) -> tuple[Dataset, Dataset]:
+    """(training, held-out) rows of the paper's stage 1 from the SQuAD, XQuAD and PubMedQA compression files,
+    shuffled together: the held-out rows are the last ``sizes.readout_rows``, training the first
+    ``sizes.compression_rows`` (``None``: all the others).
+
+    Raises:
+        ValueError: more training rows asked for than the files hold besides the held-out rows.
+    """
+    rows = concatenate_datasets([load_rows(data / "compression" / name) for name in COMPRESSION_FILES])
+    rows = rows.shuffle(seed=seed)
+    available = len(rows) - sizes.readout_rows
+    count = available if sizes.compression_rows is None else sizes.compression_rows
+    if count > available:
+        raise ValueError(f"compression_rows={count}, but the files hold {available} rows besides the held-out ones.")
+    return rows.select(range(count)), rows.select(range(available, len(rows)))
 
 
-def compression_rows(data: Path, count: int, seed: int, skip: int = 0) -> Dataset:
-    """``count`` rows drawn evenly from the SQuAD, XQuAD and PubMedQA compression files, after the first ``skip``
-    rows of each file's shuffle (so ``skip=per_file(n)`` gives rows unseen by a stage 1 on ``n`` rows)."""
-    parts = [load_rows(data / "compression" / name).shuffle(seed=seed) for name in COMPRESSION_FILES]
-    stop = skip + per_file(count)
-    return concatenate_datasets([part.select(range(skip, min(stop, len(part)))) for part in parts]).select(range(count))
+def shuffled_triplets(data: Path, seed: int) -> Dataset:
+    return load_rows(data / "nli" / "snli_devtest_triplets.jsonl").shuffle(seed=seed)
 
 
 def triplets(data: Path, count: int, seed: int) -> Dataset:
     """The first ``count`` rows of a fixed shuffle of the SNLI triplets (so smaller sets are prefixes)."""
-    rows = load_rows(data / "nli" / "snli_devtest_triplets.jsonl").shuffle(seed=seed)
-    return rows.select(range(count)).select_columns(["query", "pos", "neg"])
+    return shuffled_triplets(data, seed).select(range(count)).select_columns(["query", "pos", "neg"])
+
+
+def autoencoding_rows(data: Path, sizes: Sizes, seed: int, instruction: str) -> tuple[Dataset, Dataset]:
+    """(training, held-out) autoencoding rows: context = target = an SNLI sentence of none of the training triplets
+    (which are the first ``sizes.triplets`` rows of the same shuffle); held-out sentences from the last rows."""
+    rows = shuffled_triplets(data, seed)
+    used = {text for row in rows.select(range(sizes.triplets)) for text in (row["query"], row["pos"], row["neg"])}
+    sentences = [text for row in rows.select(range(sizes.triplets, len(rows))) for text in (row["query"], row["pos"])]
+    unique = [text for text in dict.fromkeys(sentences) if text not in used]
+    held_out, train = unique[-sizes.readout_rows :], unique[: sizes.compression_rows]
+
+    def as_rows(texts: list[str]) -> Dataset:
+        return Dataset.from_dict({"context": texts, "instruction": [instruction] * len(texts), "target": texts})
+
+    return as_rows(train), as_rows(held_out)
 
 
 def layout_options(layout: str, num_compress_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -107,17 +155,21 @@ def layout_options(layout: str, num_compress_tokens: int) -> tuple[dict[str, Any
     return {**encoder, "num_compress_tokens": num_compress_tokens}, dict(instructions)
 
 
-def common_options(sizes: Sizes, output_dir: Path, layout: dict[str, Any]) -> dict[str, Any]:
+def common_options(
+    sizes: Sizes, output_dir: Path, layout: dict[str, Any], seed: int = 0, bf16: bool = False
+) -> dict[str, Any]:
     return {
         **layout,
         "output_dir": str(output_dir),
         "per_device_train_batch_size": sizes.batch_size,
+        "per_device_eval_batch_size": 16,
         "max_text_length": sizes.max_length,
         "max_instruction_length": sizes.max_length,
         "logging_steps": 5,
         "save_strategy": "no",
         "report_to": "none",
-        "seed": 0,
+        "seed": seed,
+        "bf16": bf16,
     }
 
 
@@ -131,9 +183,10 @@ def sts_score(model: Any, data: Path, sizes: Sizes) -> float:
     return evaluate_sts(model, data / "sts" / "stsb_dev.jsonl", limit=sizes.sts_pairs)["spearman"]
 
 
-def readout_gain(model: str | None, rows: Dataset, sizes: Sizes, output_dir: Path, layout: dict[str, Any]) -> float:
-    """Nats per target token the frozen decoder gains from ``model``'s compress states (see docs/compression.md)."""
-    args = CompressionConfig(**common_options(sizes, output_dir, layout), max_target_length=sizes.max_length)
+def readout_gain(model: str, rows: Dataset, sizes: Sizes, output_dir: Path) -> float:
+    """Nats per target token the frozen decoder gains from ``model``'s compress states, read the way ``model``
+    was trained to be read (its saved layout and ``decoder_template``; see docs/compression.md)."""
+    args = CompressionConfig(**common_options(sizes, output_dir, {}), max_target_length=sizes.max_length)
     return CompressionTrainer(model=model, args=args, train_dataset=rows).evaluate(rows)["eval_readout_gain"]
 
 
@@ -143,87 +196,193 @@ def train(trainer: Any, output_dir: Path) -> list[dict[str, float]]:
     return trainer.state.log_history
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    sizes, data, out = SIZES[args.size], Path(args.data), Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"size": args.size, "sizes": sizes.__dict__, "recipes": {}, "curve": {}}
-    recipes, losses = results["recipes"], {}
-    results["layout"], results["num_compress_tokens"] = args.layout, args.num_compress_tokens
-    layout, instructions = layout_options(args.layout, args.num_compress_tokens)
+def stage1_data(args: argparse.Namespace, sizes: Sizes, seed: int) -> tuple[Dataset, Dataset]:
+    """(training rows, held-out readout rows) of stage 1."""
+    if args.stage1 == "autoencoding":
+        instruction = PROMPTEOL_INSTRUCTION if args.layout == "prompteol" else ""
+        return autoencoding_rows(Path(args.data), sizes, seed, instruction)
+    return qa_rows(Path(args.data), sizes, seed)
 
+
+def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
+    """Every trained recipe of one seed; returns (and writes to ``out/results.json`` after each recipe) scores,
+    times and logs. Recipes that file already holds are not run again (an interrupted seed continues)."""
+    sizes, data = SIZES[args.size], Path(args.data)
+    out.mkdir(parents=True, exist_ok=True)
+    layout, instructions = layout_options(args.layout, args.num_compress_tokens)
+    stage1_layout = {**layout, "decoder_template": DECODER_TEMPLATES.get(args.decoder_template, args.decoder_template)}
+    file = out / "results.json"
+    empty = {"seed": seed, "recipes": {}, "readout_gain": {}, "curve": {}, "logs": {}}
+    result: dict[str, Any] = json.loads(file.read_text()) if file.is_file() else empty
+    recipes = result["recipes"]
+
+    def save() -> None:
+        file.write_text(json.dumps(result, indent=2))
+
+    stage1_dir = out / "compression"
+    train_rows, held_out = stage1_data(args, sizes, seed)
+    if "(d) stage 1 only" not in recipes:
+        stage1 = CompressionTrainer(
+            model=args.model,
+            args=CompressionConfig(
+                **common_options(sizes, stage1_dir, stage1_layout, seed, args.bf16),
+                max_target_length=sizes.max_length,
+                learning_rate=args.compression_lr,
+                num_train_epochs=args.compression_epochs,
+                warmup_steps=args.compression_warmup_steps,
+                lr_scheduler_type=args.compression_scheduler,
+                eval_strategy="steps",
+                eval_steps=args.eval_steps,
+                eval_on_start=True,
+            ),
+            train_dataset=train_rows,
+            eval_dataset=held_out,
+        )
+        result["logs"]["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
+        result["readout_gain"]["stage 1"] = stage1.evaluate()["eval_readout_gain"]
+        score, eval_seconds = timed(lambda: sts_score(load(stage1_dir), data, sizes))
+        recipes["(d) stage 1 only"] = {"spearman": score, "seconds": seconds + eval_seconds}
+        save()
+
+    for count in sorted({*(args.curve or sizes.curve), sizes.triplets}):
+        rows = triplets(data, count, seed)
+        curve = result["curve"].setdefault(str(count), {})
+        signs = REFERENCE_SIGNS if count == sizes.triplets else REFERENCE_SIGNS[:1]
+        for sign in (sign for sign in signs if f"cda-{sign}" not in curve):
+            cda_dir = out / f"cda-{sign}-{count}"
+            cda = CDATrainer(
+                model=str(stage1_dir),
+                args=CDAConfig(
+                    **common_options(sizes, cda_dir, {}, seed, args.bf16),
+                    **instructions,
+                    max_target_length=sizes.max_length,
+                    learning_rate=args.cda_lr,
+                    num_train_epochs=args.cda_epochs,
+                    reference_sign=sign,
+                    precompute_ref_log_probs=True,
+                ),
+                train_dataset=rows,
+            )
+            logs, cda_seconds = timed(lambda t=cda, d=cda_dir: train(t, d))
+            curve[f"cda-{sign}"] = sts_score(load(cda_dir), data, sizes)
+            if count == sizes.triplets:
+                recipes[f"(c) stage 1 + CDA, {sign} reference sign"] = {
+                    "spearman": curve[f"cda-{sign}"],
+                    "seconds": recipes["(d) stage 1 only"]["seconds"] + cda_seconds,
+                }
+                result["readout_gain"][f"after CDA ({sign} sign)"] = readout_gain(
+                    str(cda_dir), held_out, sizes, out / "readout"
+                )
+                result["logs"][f"cda-{sign}"] = logs
+            save()
+        if "infonce" not in curve:
+            infonce_dir = out / f"infonce-{count}"
+            logs, seconds = timed(lambda r=rows, d=infonce_dir: train(infonce(args, r, d, layout, seed), d))
+            curve["infonce"] = sts_score(load(infonce_dir), data, sizes)
+            if count == sizes.triplets:
+                recipes["(b) InfoNCE"] = {"spearman": curve["infonce"], "seconds": seconds}
+                result["logs"]["infonce"] = logs
+            save()
+
+    name = "(e) stage 1 + CDA (paper sign) + InfoNCE"
+    if name not in recipes:  # the paper's retrieval recipe: one epoch of InfoNCE after CDA
+        then_dir, cda_dir = out / "cda-then-infonce", out / f"cda-paper-{sizes.triplets}"
+        rows = triplets(data, sizes.triplets, seed)
+        _, seconds = timed(lambda: train(infonce(args, rows, then_dir, {}, seed, str(cda_dir)), then_dir))
+        previous = recipes["(c) stage 1 + CDA, paper reference sign"]["seconds"]
+        recipes[name] = {"spearman": sts_score(load(then_dir), data, sizes), "seconds": previous + seconds}
+        save()
+    return result
+
+
+def infonce(
+    args: argparse.Namespace,
+    rows: Dataset,
+    output_dir: Path,
+    layout: dict[str, Any],
+    seed: int,
+    model: str | None = None,
+) -> ContrastiveTrainer:
+    """InfoNCE on ``rows`` from ``model`` (default: the base LLM with ``layout``)."""
+    sizes = SIZES[args.size]
+    _, instructions = layout_options(args.layout, args.num_compress_tokens)
+    return ContrastiveTrainer(
+        model=model or args.model,
+        args=ContrastiveConfig(
+            **common_options(sizes, output_dir, layout, seed, args.bf16),
+            **instructions,
+            learning_rate=args.infonce_lr,
+            num_train_epochs=args.infonce_epochs,
+        ),
+        train_dataset=rows,
+    )
+
+
+def baselines(model: str | None, data: Path, sizes: Sizes) -> dict[str, dict[str, float]]:
+    """(a): the untrained model with last-token, mean pooling and the PromptEOL prompt."""
+    scores = {}
     for name, pooling, template in (
         ("(a) last token", "last", "{text}"),
         ("(a) mean pooling", "mean", "{text}"),
         ("(a) PromptEOL", "last", PROMPTEOL_TEMPLATE),
     ):
-        score, seconds = timed(lambda p=pooling, t=template: sts_score(baseline(None, p, t), data, sizes))
-        recipes[name] = {"spearman": score, "seconds": seconds}
+        score, seconds = timed(lambda p=pooling, t=template: sts_score(baseline(model, p, t), data, sizes))
+        scores[name] = {"spearman": score, "seconds": seconds}
+    return scores
 
-    stage1_dir = Path(args.stage1_checkpoint) if args.stage1_checkpoint else out / "compression"
-    if args.stage1_checkpoint:  # reuse an earlier stage 1 (its training time is not counted again)
-        losses["compression"], seconds = [], 0.0
-    else:
-        stage1 = CompressionTrainer(
-            model=None,
-            args=CompressionConfig(
-                **common_options(sizes, stage1_dir, layout),
-                max_target_length=sizes.max_length,
-                learning_rate=args.compression_lr,
-                num_train_epochs=args.compression_epochs,
-            ),
-            train_dataset=compression_rows(data, sizes.compression_rows, args.seed),
-        )
-        losses["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
-    score, eval_seconds = timed(lambda: sts_score(load(stage1_dir), data, sizes))
-    recipes["(d) compression only"] = {"spearman": score, "seconds": seconds + eval_seconds}
-    held_out = compression_rows(data, sizes.readout_rows, args.seed, skip=per_file(sizes.compression_rows))
-    results["readout_gain"] = {
-        "untrained": readout_gain(None, held_out, sizes, out / "readout", layout),
-        "stage 1": readout_gain(str(stage1_dir), held_out, sizes, out / "readout", layout),
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
     }
 
-    for count in sorted({*(args.curve or sizes.curve), sizes.triplets}):
-        rows = triplets(data, count, args.seed)
-        cda_dir, infonce_dir = out / f"cda-{count}", out / f"infonce-{count}"
-        cda = CDATrainer(
-            model=str(stage1_dir),
-            args=CDAConfig(
-                **common_options(sizes, cda_dir, layout),
-                **instructions,
-                max_target_length=sizes.max_length,
-                learning_rate=args.cda_lr,
-                num_train_epochs=args.cda_epochs,
-                precompute_ref_log_probs=True,
-            ),
-            train_dataset=rows,
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or reuse) every seed, then aggregate: mean and std over seeds of every trained recipe."""
+    sizes, out = SIZES[args.size], Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [run_seed(args, seed, out / f"seed-{seed}") for seed in args.seeds]
+    results: dict[str, Any] = {
+        "size": args.size,
+        "sizes": sizes.__dict__,
+        "options": {key: value for key, value in vars(args).items() if key not in ("output_dir", "data")},
+        "recipes": baselines(args.model, Path(args.data), sizes),
+    }
+    for name in seeds[0]["recipes"]:
+        results["recipes"][name] = {
+            "spearman": mean_std([seed["recipes"][name]["spearman"] for seed in seeds]),
+            "seconds": statistics.fmean(seed["recipes"][name]["seconds"] for seed in seeds),
+        }
+    results["readout_gain"] = {
+        name: mean_std([seed["readout_gain"][name] for seed in seeds]) for name in seeds[0]["readout_gain"]
+    }
+    results["curve"] = {
+        count: {method: mean_std([seed["curve"][count][method] for seed in seeds]) for method in methods}
+        for count, methods in seeds[0]["curve"].items()
+    }
+    results["readout_curves"] = {
+        seed["seed"]: sorted(
+            {
+                entry["step"]: entry["eval_readout_gain"]
+                for entry in seed["logs"]["compression"]
+                if "eval_readout_gain" in entry
+            }.items()
         )
-        cda_losses, cda_seconds = timed(lambda t=cda, d=cda_dir: train(t, d))
-        cda_score = sts_score(load(cda_dir), data, sizes)
-        infonce = ContrastiveTrainer(
-            model=None,
-            args=ContrastiveConfig(
-                **common_options(sizes, infonce_dir, layout),
-                **instructions,
-                learning_rate=args.infonce_lr,
-                num_train_epochs=args.infonce_epochs,
-            ),
-            train_dataset=rows,
-        )
-        infonce_losses, infonce_seconds = timed(lambda t=infonce, d=infonce_dir: train(t, d))
-        infonce_score = sts_score(load(infonce_dir), data, sizes)
-        results["curve"][count] = {"cda": cda_score, "infonce": infonce_score}
-        if count == sizes.triplets:
-            recipes["(b) InfoNCE"] = {"spearman": infonce_score, "seconds": infonce_seconds}
-            recipes["(c) compression + CDA"] = {
-                "spearman": cda_score,
-                "seconds": recipes["(d) compression only"]["seconds"] + cda_seconds,
-            }
-            losses["cda"], losses["infonce"] = cda_losses, infonce_losses
-    write_outputs(results, losses, out)
+        for seed in seeds
+    }
+    write_outputs(results, seeds, out)
     return results
 
 
-def write_outputs(results: dict[str, Any], losses: dict[str, list[dict[str, float]]], out: Path) -> None:
+def spearman_cell(score: float | dict[str, Any]) -> str:
+    if isinstance(score, float):
+        return f"{score:.2f}"
+    return f"{score['mean']:.2f} ± {score['std']:.2f}"
+
+
+def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,27 +391,41 @@ def write_outputs(results: dict[str, Any], losses: dict[str, list[dict[str, floa
     from autoreg_embed.reporting import loss_points
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    sizes = results["sizes"]
+    sizes, options = results["sizes"], results["options"]
     lines = [
-        f"STS-B dev (first {sizes['sts_pairs']} pairs), Spearman x100; size `{results['size']}`, "
-        f"{sizes['compression_rows']} compression rows, {sizes['triplets']} SNLI triplets; layout "
-        f"`{results['layout']}`, k = {results['num_compress_tokens']}.",
+        f"STS-B dev (first {sizes['sts_pairs']} pairs), Spearman x100, mean ± std over seeds {options['seeds']}; "
+        f"size `{results['size']}`, stage 1 `{options['stage1']}` ({sizes['compression_rows']} rows, decoder "
+        f"template `{options['decoder_template']}`), {sizes['triplets']} SNLI triplets; layout "
+        f"`{options['layout']}`, k = {options['num_compress_tokens']}.",
         "",
-        "| recipe | Spearman | wall-clock (s) |",
+        "| recipe | Spearman | wall-clock per seed (s) |",
         "|---|---|---|",
     ]
-    lines += [f"| {name} | {r['spearman']:.2f} | {r['seconds']:.0f} |" for name, r in results["recipes"].items()]
-    gains = ", ".join(f"{name} {gain:.3f}" for name, gain in results["readout_gain"].items())
     lines += [
-        "",
-        f"Decoder readout gain (nats per target token, {sizes['readout_rows']} held-out compression rows): {gains}.",
+        f"| {name} | {spearman_cell(r['spearman'])} | {r['seconds']:.0f} |" for name, r in results["recipes"].items()
     ]
+    gains = ", ".join(
+        f"{name} {gain['mean']:.3f} ± {gain['std']:.3f}" for name, gain in results["readout_gain"].items()
+    )
+    lines += ["", f"Decoder readout gain (nats per target token, {sizes['readout_rows']} held-out rows): {gains}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for seed, points in results["readout_curves"].items():
+        axis.plot(*zip(*points, strict=True), marker="o", label=f"seed {seed}")
+    axis.axhline(0.0, linestyle="--", color="gray")
+    axis.set(xlabel="stage-1 step", ylabel="held-out readout gain (nats/token)", title="Does the decoder read?")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "readout_curve.png", dpi=120)
+    plt.close(figure)
 
     counts = sorted(results["curve"], key=int)
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method, label in (("cda", "compression + CDA"), ("infonce", "InfoNCE")):
-        axis.plot([int(c) for c in counts], [results["curve"][c][method] for c in counts], marker="o", label=label)
+    for method, label in (("cda-paper", "stage 1 + CDA"), ("infonce", "InfoNCE")):
+        means = [results["curve"][c][method]["mean"] for c in counts]
+        stds = [results["curve"][c][method]["std"] for c in counts]
+        axis.errorbar([int(c) for c in counts], means, yerr=stds, marker="o", capsize=3, label=label)
     prompt = results["recipes"]["(a) PromptEOL"]["spearman"]
     axis.axhline(prompt, linestyle="--", color="gray", label="PromptEOL (untrained)")
     axis.set(xlabel="training triplets", ylabel="STS-B dev Spearman x100", xscale="log")
@@ -263,12 +436,13 @@ def write_outputs(results: dict[str, Any], losses: dict[str, list[dict[str, floa
     figure.savefig(out / "learning_curve.png", dpi=120)
     plt.close(figure)
 
-    figure, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.5))
-    for axis, (name, history) in zip(list(getattr(axes, "flat", [axes])), losses.items(), strict=True):
+    logs = seeds[0]["logs"]
+    figure, axes = plt.subplots(1, len(logs), figsize=(4 * len(logs), 3.5))
+    for axis, (name, history) in zip(list(getattr(axes, "flat", [axes])), logs.items(), strict=True):
         points = loss_points(history)
         if points:
             axis.plot(*zip(*points, strict=True), marker=".")
-        axis.set(title=name, xlabel="step", ylabel="loss")
+        axis.set(title=f"{name} (seed {seeds[0]['seed']})", xlabel="step", ylabel="loss")
     figure.tight_layout()
     figure.savefig(out / "loss_curves.png", dpi=120)
     plt.close(figure)
@@ -279,21 +453,28 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--output_dir", default="runs/reproduce")
     parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compression_lr", type=float, default=5e-5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--model", default=None, help="base LLM (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--stage1", choices=["qa", "autoencoding"], default="autoencoding")
+    parser.add_argument(
+        "--decoder_template", default="chatml_words", help=f"{sorted(DECODER_TEMPLATES)} or a template with {{states}}"
+    )
+    parser.add_argument("--compression_lr", type=float, default=1e-4, help="paper: 2e-5 (for 7B models)")
+    parser.add_argument("--compression_epochs", type=float, default=1.0, help="paper: 2")
+    parser.add_argument("--compression_warmup_steps", type=float, default=20)
+    parser.add_argument("--compression_scheduler", default="constant_with_warmup")
+    parser.add_argument("--eval_steps", type=int, default=25, help="stage-1 steps between readout-gain evaluations")
     parser.add_argument("--cda_lr", type=float, default=5e-6)
     parser.add_argument("--infonce_lr", type=float, default=2e-5)
-    parser.add_argument("--compression_epochs", type=float, default=2.0, help="paper: 2")
-    parser.add_argument("--stage1_checkpoint", default=None, help="reuse this stage-1 checkpoint for (c) and (d)")
     parser.add_argument("--curve", type=int, nargs="*", default=None, help="triplet counts of the learning curve")
     parser.add_argument("--cda_epochs", type=float, default=1.0, help="paper: 4 (over 50k triplets)")
     parser.add_argument("--infonce_epochs", type=float, default=1.0)
-    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="paper", help="encoder layout of (b)-(d)")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="prompteol", help="encoder layout of (b)-(d)")
     parser.add_argument("--num_compress_tokens", type=int, default=5, help="k of (b)-(d) (paper: 5)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (paper; GPU)")
     args = parser.parse_args()
-    results = run(args)
+    run(args)
     print((Path(args.output_dir) / "results.md").read_text())
-    print(json.dumps(results["curve"], indent=2))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,17 @@ from helpers import SHARED_DATA, make_config, make_tiny_model, make_trainer, req
 from peft import LoraConfig
 from transformers import TrainerCallback
 
-from autoreg_embed import CompressionConfig, CompressionTrainer, EncoderInputBuilder, encode, load_encoder
+from autoreg_embed import (
+    CDAConfig,
+    CDATrainer,
+    CompressionConfig,
+    CompressionTrainer,
+    EncoderInputBuilder,
+    encode,
+    load_encoder,
+)
 from autoreg_embed.data import DataValidationError, load_rows
+from autoreg_embed.modeling import DecoderPrompt
 from autoreg_embed.modeling.settings import SETTINGS_FILE
 
 ROWS = [
@@ -100,6 +109,54 @@ def test_loss_equals_mean_target_nll_computed_independently(tmp_path, tokenizer,
     assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
     # A random decoder over a ~49k vocabulary gives about log(V) nats per token: a sanity check of the scale.
     assert abs(expected - math.log(len(tokenizer))) < 2.0
+
+
+def test_decoder_template_loss_computed_independently_and_kept_by_stage_2(tmp_path, tokenizer):
+    """With decoder_template the frozen decoder reads [embed(before); states; embed(after); target]; the option is
+    saved with the checkpoint, stage 2 reads the states the same way, and a different template there is refused."""
+    k, template = 2, "Words: {states} Sentence:"
+    trainer = make_trainer(
+        CompressionTrainer,
+        tmp_path / "a",
+        tokenizer,
+        model=make_tiny_model("llama", tokenizer, seed=3),
+        num_compress_tokens=k,
+        decoder_template=template,
+        rows=ROWS,
+        max_steps=1,
+    )
+    trainer.model.eval()
+    rows = ROWS[:3]
+    batch = trainer.data_collator(rows)
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    before = tokenizer("Words: ", add_special_tokens=False)["input_ids"]
+    after = tokenizer(" Sentence:", add_special_tokens=False)["input_ids"]
+    decoder = trainer.frozen_decoder.model
+    table = decoder.get_input_embeddings()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in range(len(rows)):
+            ids = batch["input_ids"][b, : int(batch["attention_mask"][b].sum())]
+            states = trainer.model(input_ids=ids[None], output_hidden_states=True).hidden_states[-1][0, -k:]
+            target = batch["target_ids"][b, : int(batch["target_mask"][b].sum())]
+            embeds = torch.cat([table(torch.tensor(before)), states, table(torch.tensor(after)), table(target)])
+            log_probs = torch.log_softmax(decoder(inputs_embeds=embeds[None]).logits[0].double(), dim=-1)
+            start = len(before) + k + len(after) - 1
+            total += sum(log_probs[start + j, token].item() for j, token in enumerate(target.tolist()))
+            count += len(target)
+    assert loss.item() == pytest.approx(-total / count, rel=1e-5, abs=1e-5)
+
+    trainer.train()
+    trainer.save_model(str(tmp_path / "stage1"))
+    assert json.loads((tmp_path / "stage1" / SETTINGS_FILE).read_text())["decoder_template"] == template
+    original = {"decoder": trainer.frozen_decoder.model}  # the tiny model has no name to load the original from
+    stage2 = CDATrainer(model=str(tmp_path / "stage1"), args=make_config(CDAConfig, tmp_path / "b"), **original)
+    assert stage2.encoder_settings.decoder_template == template
+    assert stage2.decoder_prompt == trainer.decoder_prompt == DecoderPrompt(tuple(before), tuple(after))
+    other = make_config(CDAConfig, tmp_path / "c", decoder_template="{states}")
+    with pytest.raises(ValueError, match=r"decoder_template='\{states\}' differs .*leave it unset"):
+        CDATrainer(model=str(tmp_path / "stage1"), args=other, **original)
 
 
 def test_readout_gain_is_own_minus_previous_rows_states_computed_independently(tmp_path, tokenizer):

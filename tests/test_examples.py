@@ -23,11 +23,17 @@ import reproduce  # noqa: E402
 
 @requires_shared_data
 def test_held_out_compression_rows_are_unseen_by_stage_1():
-    train = reproduce.compression_rows(SHARED_DATA, 400, seed=0)
-    held_out = reproduce.compression_rows(SHARED_DATA, 48, seed=0, skip=reproduce.per_file(400))
-    assert len(train) == 400 and len(held_out) == 48
+    from dataclasses import replace
+
+    sizes = replace(reproduce.SIZES["small"], compression_rows=400)
+    train, held_out = reproduce.qa_rows(SHARED_DATA, sizes, seed=0)
+    assert len(train) == 400 and len(held_out) == sizes.readout_rows
     seen = {(row["context"], row["instruction"]) for row in train}
     assert not seen & {(row["context"], row["instruction"]) for row in held_out}
+    everything, _ = reproduce.qa_rows(SHARED_DATA, reproduce.SIZES["gpu"], seed=0)  # the paper-size stage 1
+    assert len(everything) == 4758 - sizes.readout_rows
+    with pytest.raises(ValueError, match="compression_rows=5000, but the files hold 4710 rows"):
+        reproduce.qa_rows(SHARED_DATA, replace(sizes, compression_rows=5000), seed=0)
 
 
 def test_layout_options_build_valid_trainer_configs(tmp_path):
@@ -42,17 +48,28 @@ def test_layout_options_build_valid_trainer_configs(tmp_path):
 
 
 @requires_shared_data
+def test_autoencoding_rows_are_none_of_the_triplets_and_held_out_rows_unseen():
+    sizes = reproduce.SIZES["small"]
+    train, held_out = reproduce.autoencoding_rows(SHARED_DATA, sizes, seed=1, instruction="means in one word")
+    assert (len(train), len(held_out)) == (sizes.compression_rows, sizes.readout_rows)
+    assert all(row["context"] == row["target"] for row in train)
+    triplet_texts = {text for row in reproduce.triplets(SHARED_DATA, sizes.triplets, seed=1) for text in row.values()}
+    train_texts = set(train["target"])
+    assert not train_texts & triplet_texts and not train_texts & set(held_out["target"])
+
+
+@requires_shared_data
 @pytest.mark.slow
 def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
+    """The script behind docs/reproduce.md still runs end to end at its smoke size, and a second call reuses the
+    finished seed instead of training again."""
     command = [
         sys.executable,
         str(EXAMPLES / "reproduce.py"),
         "--size",
         "smoke",
-        "--layout",
-        "prompteol",
-        "--num_compress_tokens",
-        "1",
+        "--seeds",
+        "0",
         "--curve",
         "8",
         "--data",
@@ -63,24 +80,33 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["curve"]) == {"8", "16"}
-    assert (results["layout"], results["num_compress_tokens"]) == ("prompteol", 1)
+    assert set(results["curve"]["16"]) == {"cda-paper", "cda-official", "infonce"}
+    assert results["options"]["stage1"] == "autoencoding" and results["options"]["seeds"] == [0]
     recipes = results["recipes"]
     assert set(recipes) == {
         "(a) last token",
         "(a) mean pooling",
         "(a) PromptEOL",
-        "(d) compression only",
+        "(d) stage 1 only",
         "(b) InfoNCE",
-        "(c) compression + CDA",
+        "(c) stage 1 + CDA, paper reference sign",
+        "(c) stage 1 + CDA, official reference sign",
+        "(e) stage 1 + CDA (paper sign) + InfoNCE",
     }
-    assert all(-100 <= r["spearman"] <= 100 and r["seconds"] > 0 for r in recipes.values())
+    trained = [r["spearman"] for name, r in recipes.items() if not name.startswith("(a)")]
+    assert all(-100 <= r["mean"] <= 100 and r["std"] == 0.0 and len(r["values"]) == 1 for r in trained)
     table = (tmp_path / "results.md").read_text()
-    assert "| (c) compression + CDA |" in table and "layout `prompteol`, k = 1" in table
-    assert set(results["readout_gain"]) == {"untrained", "stage 1"}
-    assert all(abs(gain) < 20 for gain in results["readout_gain"].values())  # nats per token, finite
-    assert "Decoder readout gain" in table
-    for name in ("learning_curve.png", "loss_curves.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| (c) stage 1 + CDA, paper reference sign |" in table and "layout `prompteol`, k = 5" in table
+    assert set(results["readout_gain"]) == {"stage 1", "after CDA (paper sign)", "after CDA (official sign)"}
+    assert all(abs(gain["mean"]) < 20 for gain in results["readout_gain"].values())  # nats per token, finite
+    steps = [step for step, _ in results["readout_curves"]["0"]]
+    assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 2
+    for plot in ("readout_curve.png", "learning_curve.png", "loss_curves.png"):
+        assert (tmp_path / plot).stat().st_size > 0
+    seed_file = tmp_path / "seed-0" / "results.json"
+    finished = seed_file.stat().st_mtime_ns
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
+    assert seed_file.stat().st_mtime_ns == finished  # reused, not trained again
 
 
 @requires_shared_data

@@ -1,7 +1,7 @@
 """Compressing encoder, conditional log-probs under a frozen decoder, frozen roles, pooling, and encoder settings."""
 
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
-from autoreg_embed.modeling.decoder import ConditionalLogProbs, conditional_log_probs
+from autoreg_embed.modeling.decoder import ConditionalLogProbs, DecoderPrompt, conditional_log_probs
 from autoreg_embed.modeling.encoder import (
     EncoderOutput,
     backbone_of,
@@ -17,6 +17,7 @@ from autoreg_embed.modeling.settings import SETTINGS_FILE, EncoderSettings
 __all__ = [
     "SETTINGS_FILE",
     "ConditionalLogProbs",
+    "DecoderPrompt",
     "EncoderInputBuilder",
     "EncoderOutput",
     "EncoderSettings",

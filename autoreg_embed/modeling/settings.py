@@ -31,6 +31,8 @@ FIXED, ADJUSTABLE = "fixed", "adjustable"
 checkpoint: a ``fixed`` one is what the encoder was trained with and may not change; an ``adjustable`` one may."""
 
 TEXT_PLACEHOLDER = "{text}"
+STATES_PLACEHOLDER = "{states}"
+"""Where the k compress states go in a ``decoder_template``."""
 
 
 @dataclass
@@ -106,6 +108,16 @@ class EncoderSettings:
     max_instruction_length: int = field(
         default=512, metadata={"help": "Tokens of instruction kept (the head).", "training_option": ADJUSTABLE}
     )
+    decoder_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text the frozen decoder of both training stages reads around the compress states, with {states} "
+            "once, e.g. '<|im_start|>user\\nWrite one sentence using these words: {states}<|im_end|>\\n"
+            "<|im_start|>assistant\\n' (the states as a user turn of a chat model, the target as its answer). "
+            "Not in the paper (None: the states then the target). Does not change how embeddings are computed.",
+            "training_option": FIXED,
+        },
+    )
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The original LLM (the frozen decoder of both training stages)."}
     )
@@ -133,6 +145,8 @@ class EncoderSettings:
             raise ValueError(f"template must contain {TEXT_PLACEHOLDER} exactly once, got {self.template!r}.")
         if "{index}" not in self.compress_token_format:
             raise ValueError(f"compress_token_format must contain {{index}}, got {self.compress_token_format!r}.")
+        if self.decoder_template is not None:
+            check_decoder_template(self.decoder_template)
         for name in ("max_text_length", "max_instruction_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -189,6 +203,15 @@ class EncoderSettings:
     def exists_in(cls, directory: str | os.PathLike) -> bool:
         """Whether ``directory`` holds saved encoder settings."""
         return (Path(directory) / SETTINGS_FILE).is_file()
+
+
+def check_decoder_template(template: str) -> None:
+    """Raise ``ValueError`` unless ``template`` holds ``{states}`` exactly once."""
+    if template.count(STATES_PLACEHOLDER) != 1:
+        raise ValueError(
+            f"decoder_template must contain {STATES_PLACEHOLDER} exactly once (where the compress states go), "
+            f"got {template!r}."
+        )
 
 
 def training_options() -> dict[str, Field]:

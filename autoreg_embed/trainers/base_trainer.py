@@ -10,6 +10,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from autoreg_embed.modeling.checkpoint import (
     partial_token_adapters,
 )
 from autoreg_embed.modeling.compress_tokens import add_compress_tokens
+from autoreg_embed.modeling.decoder import DecoderPrompt
 from autoreg_embed.modeling.encoder import EncoderOutput, encode
 from autoreg_embed.modeling.frozen import is_peft_model, preserved_trainability
 from autoreg_embed.modeling.original import parameters_fingerprint
@@ -293,6 +295,11 @@ class AutoRegTrainer(Trainer, abc.ABC):
     @abc.abstractmethod
     def default_collator(self, tokenizer: PreTrainedTokenizerBase, args: EncoderTrainingConfig) -> Any:
         """The collator used when none is given."""
+
+    @cached_property
+    def decoder_prompt(self) -> DecoderPrompt:
+        """What the frozen decoder reads around the compress states (option ``decoder_template``; default none)."""
+        return DecoderPrompt.from_template(self.encoder_settings.decoder_template, self.processing_class)
 
     def encode_batch(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """Run the encoder on a collated batch's ``input_ids`` / ``attention_mask``.

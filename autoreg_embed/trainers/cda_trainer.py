@@ -183,7 +183,9 @@ class CDATrainer(AutoRegTrainer):
         pairs, pair_of = torch.stack([row_of, target]).unique(dim=1, return_inverse=True)
         target_ids, target_mask = inputs["target_ids"][pairs[1]], inputs["target_mask"][pairs[1]]
         with self.frozen_decoder(model) as decoder:
-            scored = conditional_log_probs(decoder, states[pairs[0]], target_ids, target_mask, distributions)
+            scored = conditional_log_probs(
+                decoder, states[pairs[0]], target_ids, target_mask, distributions, self.decoder_prompt
+            )
         per_pair = scored.mean if self.args.length_normalize else scored.sum
         values, indices, offset = {}, {}, 0
         for spec in specs:

@@ -20,9 +20,9 @@ class CompressionTrainer(AutoRegTrainer):
     """Train an LLM to compress ``context`` + ``instruction`` into k vectors that regenerate ``target``.
 
     The encoder is ``model`` (trained); the decoder is the frozen original LLM. It reads the k compress states
-    followed by the target tokens, and the loss is the cross-entropy of the target tokens (+ EOS), averaged over
-    the target tokens of the optimisation step (all accumulated micro-batches and processes: every token weighs
-    the same, however long its row). Gradients reach the encoder only.
+    (inside ``decoder_template`` when set) followed by the target tokens, and the loss is the cross-entropy of the
+    target tokens (+ EOS), averaged over the target tokens of the optimisation step (all accumulated micro-batches
+    and processes: every token weighs the same, however long its row). Gradients reach the encoder only.
 
     Args:
         model: a causal LM, a hub name or path, or ``None`` for the embedded SmolLM2-135M-Instruct.
@@ -72,7 +72,11 @@ class CompressionTrainer(AutoRegTrainer):
         encoded = self.encode_batch(model, inputs)
         with self.frozen_decoder(model) as decoder:
             log_probs = conditional_log_probs(
-                decoder, encoded.compress_states, inputs["target_ids"], inputs["target_mask"]
+                decoder,
+                encoded.compress_states,
+                inputs["target_ids"],
+                inputs["target_mask"],
+                prompt=self.decoder_prompt,
             )
         num_tokens = self.loss_items(inputs)
         loss = self.average_over_items(-log_probs.token_log_probs.sum(), num_tokens, num_items_in_batch)
@@ -108,6 +112,10 @@ class CompressionTrainer(AutoRegTrainer):
         """
         with torch.no_grad(), self.frozen_decoder(model) as decoder:
             other = conditional_log_probs(
-                decoder, compress_states.roll(1, dims=0), inputs["target_ids"], inputs["target_mask"]
+                decoder,
+                compress_states.roll(1, dims=0),
+                inputs["target_ids"],
+                inputs["target_mask"],
+                prompt=self.decoder_prompt,
             )
         return (own_log_probs - other.mean).mean()

@@ -46,3 +46,12 @@ def recipe_template(instruction_position: str, recipe: str) -> str:
     """The layout template of ``instruction_position`` under ``recipe`` (official: a newline after it)."""
     template = INSTRUCTION_TEMPLATES[instruction_position]
     return template + OFFICIAL_LAYOUT_SUFFIX if recipe == "official" else template
+
+CHATML_WORDS_DECODER_TEMPLATE = (
+    "<|im_start|>user\nWrite one sentence using these words: {states}<|im_end|>\n<|im_start|>assistant\n"
+)
+"""A ``decoder_template`` for ChatML instruction-tuned decoders (SmolLM2-Instruct, Qwen2-Instruct): the frozen
+decoder reads the k states as a user turn asking for a sentence and the target as its answer. Not in the paper.
+With it, stage 1 on the embedded SmolLM2-135M-Instruct (autoencoding of short sentences, k = 5, lr 1e-4) makes
+the decoder read the states (held-out readout gain > 1 nat/token within 150 steps; without it, <= 0.1:
+``docs/reproduce.md``)."""
