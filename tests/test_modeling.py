@@ -108,6 +108,24 @@ def test_settings_save_load_round_trip(tmp_path):
     assert json.loads(path.read_text(encoding="utf-8"))["template"] == settings.template
 
 
+def test_settings_newer_options_are_written_only_when_set(tmp_path):
+    """A checkpoint that does not use the options added after the first release writes exactly the first
+    release's keys (so that release loads it); set, they are written and read back."""
+    first_release = {
+        "num_compress_tokens", "compress_token_format", "template", "add_bos", "pooling", "normalize",
+        "max_text_length", "max_instruction_length", "base_model_name_or_path",
+    }  # fmt: skip
+    plain = EncoderSettings()
+    (tmp_path / "a").mkdir()
+    assert set(json.loads(plain.save(tmp_path / "a").read_text())) == first_release
+    assert EncoderSettings.load(tmp_path / "a") == plain
+    (tmp_path / "b").mkdir()
+    used = EncoderSettings(decoder_template="Words: {states}", last_token_position="before_compress")
+    saved = json.loads(used.save(tmp_path / "b").read_text())
+    assert set(saved) == first_release | {"decoder_template", "last_token_position"}
+    assert EncoderSettings.load(tmp_path / "b") == used
+
+
 def test_settings_defaults_follow_the_paper():
     settings = EncoderSettings()
     assert settings.num_compress_tokens == 5

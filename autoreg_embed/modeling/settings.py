@@ -82,6 +82,7 @@ class EncoderSettings:
             "(final: the last compress token, which sees everything; before_compress: the last text/instruction "
             "token, which does not see the compress tokens).",
             "training_option": FIXED,
+            "written_when_set": True,
         },
     )
     daap_combination: DaapCombination = field(
@@ -89,6 +90,7 @@ class EncoderSettings:
         metadata={
             "help": f"How 'daap' pooling joins its two anchors: {', '.join(DAAP_COMBINATIONS)}.",
             "training_option": FIXED,
+            "written_when_set": True,
         },
     )
     daap_weight: float = field(
@@ -96,6 +98,7 @@ class EncoderSettings:
         metadata={
             "help": "Weight w of the last-token anchor in 'daap' pooling (the soft prompts get 1 - w).",
             "training_option": FIXED,
+            "written_when_set": True,
         },
     )
     max_text_length: int = field(
@@ -116,6 +119,7 @@ class EncoderSettings:
             "<|im_start|>assistant\\n' (the states as a user turn of a chat model, the target as its answer). "
             "Not in the paper (None: the states then the target). Does not change how embeddings are computed.",
             "training_option": FIXED,
+            "written_when_set": True,
         },
     )
     base_model_name_or_path: str | None = field(
@@ -181,10 +185,18 @@ class EncoderSettings:
         return prefix.replace("{instruction}", instruction), suffix.replace("{instruction}", instruction)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the settings as JSON into ``directory`` (atomically) and return the file path."""
+        """Write the settings as JSON into ``directory`` (atomically) and return the file path.
+
+        Options added after the first release (field metadata ``"written_when_set"``) are written only when they
+        differ from their default, so a checkpoint that does not use them loads in releases that predate them.
+        """
         path = Path(directory) / SETTINGS_FILE
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        values = asdict(self)
+        for option in fields(self):  # newer options at their default are left out: older releases load the file
+            if option.metadata.get("written_when_set") and values[option.name] == option.default:
+                del values[option.name]
+        tmp.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
 
