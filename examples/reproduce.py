@@ -358,9 +358,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["readout_gain"] = {
         name: mean_std([seed["readout_gain"][name] for seed in seeds]) for name in seeds[0]["readout_gain"]
     }
-    results["curve"] = {
-        count: {method: mean_std([seed["curve"][count][method] for seed in seeds]) for method in methods}
-        for count, methods in seeds[0]["curve"].items()
+    counts = sorted({count for seed in seeds for count in seed["curve"]}, key=int)
+    results["curve"] = {  # a count run by some seeds only (e.g. a --curve given to one seed) averages those seeds
+        count: {
+            method: mean_std([seed["curve"][count][method] for seed in seeds if count in seed["curve"]])
+            for method in next(seed["curve"][count] for seed in seeds if count in seed["curve"])
+        }
+        for count in counts
     }
     results["readout_curves"] = {
         seed["seed"]: sorted(
