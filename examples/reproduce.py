@@ -247,7 +247,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     for count in sorted({*(args.curve or sizes.curve), sizes.triplets}):
         rows = triplets(data, count, seed)
         curve = result["curve"].setdefault(str(count), {})
-        signs = REFERENCE_SIGNS if count == sizes.triplets else REFERENCE_SIGNS[:1]
+        signs = args.reference_signs if count == sizes.triplets else args.reference_signs[:1]
         for sign in (sign for sign in signs if f"cda-{sign}" not in curve):
             cda_dir = out / f"cda-{sign}-{count}"
             cda = CDATrainer(
@@ -285,7 +285,9 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             save()
 
     name = "(e) stage 1 + CDA (paper sign) + InfoNCE"
-    if name not in recipes:  # the paper's retrieval recipe: one epoch of InfoNCE after CDA
+    if (
+        name not in recipes and "paper" in args.reference_signs
+    ):  # the paper's retrieval recipe: one epoch of InfoNCE after CDA
         then_dir, cda_dir = out / "cda-then-infonce", out / f"cda-paper-{sizes.triplets}"
         rows = triplets(data, sizes.triplets, seed)
         _, seconds = timed(lambda: train(infonce(args, rows, then_dir, {}, seed, str(cda_dir)), then_dir))
@@ -350,14 +352,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "options": {key: value for key, value in vars(args).items() if key not in ("output_dir", "data")},
         "recipes": baselines(args.model, Path(args.data), sizes),
     }
-    for name in seeds[0]["recipes"]:
+
+    def over_seeds(part: str, name: str, key: str | None = None) -> list[float]:
+        """The values of a recipe / readout gain over the seeds that ran it (all, unless some seeds skipped it)."""
+        found = [seed[part][name] for seed in seeds if name in seed[part]]
+        return [value[key] for value in found] if key else found
+
+    names = dict.fromkeys(name for seed in seeds for name in seed["recipes"])
+    for name in names:
         results["recipes"][name] = {
-            "spearman": mean_std([seed["recipes"][name]["spearman"] for seed in seeds]),
-            "seconds": statistics.fmean(seed["recipes"][name]["seconds"] for seed in seeds),
+            "spearman": mean_std(over_seeds("recipes", name, "spearman")),
+            "seconds": statistics.fmean(over_seeds("recipes", name, "seconds")),
         }
-    results["readout_gain"] = {
-        name: mean_std([seed["readout_gain"][name] for seed in seeds]) for name in seeds[0]["readout_gain"]
-    }
+    gains = dict.fromkeys(name for seed in seeds for name in seed["readout_gain"])
+    results["readout_gain"] = {name: mean_std(over_seeds("readout_gain", name)) for name in gains}
     counts = sorted({count for seed in seeds for count in seed["curve"]}, key=int)
     results["curve"] = {  # a count run by some seeds only (e.g. a --curve given to one seed) averages those seeds
         count: {
@@ -381,9 +389,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def spearman_cell(score: float | dict[str, Any]) -> str:
+    """``mean ± std (n = number of seeds that ran it)``, or a single value."""
     if isinstance(score, float):
         return f"{score:.2f}"
-    return f"{score['mean']:.2f} ± {score['std']:.2f}"
+    return f"{score['mean']:.2f} ± {score['std']:.2f} (n = {len(score['values'])})"
 
 
 def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Path) -> None:
@@ -476,6 +485,13 @@ def main() -> None:
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="prompteol", help="encoder layout of (b)-(d)")
     parser.add_argument("--num_compress_tokens", type=int, default=5, help="k of (b)-(d) (paper: 5)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (paper; GPU)")
+    parser.add_argument(
+        "--reference_signs",
+        nargs="+",
+        choices=REFERENCE_SIGNS,
+        default=list(REFERENCE_SIGNS),
+        help="CDA runs at the largest triplet count (the learning curve uses the first)",
+    )
     args = parser.parse_args()
     run(args)
     print((Path(args.output_dir) / "results.md").read_text())
