@@ -11,8 +11,8 @@ import pytest
 
 from autoreg_embed.cli import main
 from autoreg_embed.cli.checks import validate_data_file
-from autoreg_embed.cli.quickstart import POINTS, QUICKSTART_COLUMNS, QuickstartArguments, format_table, verdict
 from autoreg_embed.cli.errors import UserError
+from autoreg_embed.cli.quickstart import POINTS, QUICKSTART_COLUMNS, QuickstartArguments, format_table, verdict
 from autoreg_embed.data.files import read_jsonl
 from autoreg_embed.evaluation import load_sts_rows
 from autoreg_embed.resources import QUICKSTART_FILES
@@ -64,6 +64,18 @@ def test_no_text_appears_twice_or_in_both_training_and_held_out_parts():
     trained = set(map(normalised, sentences + triplets))
     assert not trained & set(map(normalised, heldout))
     assert not trained & set(map(normalised, sts))
+
+
+def test_held_out_sentences_are_not_near_copies_of_training_sentences():
+    def words(text: str) -> set[str]:
+        return set(normalised(text).split())
+
+    trained = [words(row["context"]) for row in records("sentences")]
+    trained += [words(row[column]) for row in records("cda") for column in ("query", "pos", "neg")]
+    heldout = [words(row["context"]) for row in records("heldout_sentences")]
+    heldout += [words(row[column]) for row in records("sts") for column in ("sentence1", "sentence2")]
+    overlap = max(len(held & seen) / len(held | seen) for held in heldout for seen in trained)
+    assert overlap < 0.8  # word-set Jaccard; shared everyday words, never the same sentence
 
 
 # --- report ---------------------------------------------------------------------------------------------------------

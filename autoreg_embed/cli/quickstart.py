@@ -30,6 +30,14 @@ SUMMARY = "both stages on the embedded model with the shipped data, evaluated be
 POINTS = ("untrained (step 0)", "after stage 1", "after stage 2")
 """The evaluated points, in order."""
 
+QUICKSTART_COLUMNS = {
+    "sentences": ("context", "instruction", "target"),
+    "heldout_sentences": ("context", "instruction", "target"),
+    "cda": ("query", "pos", "neg"),
+    "sts": ("sentence1", "sentence2"),
+}
+"""The text columns of each shipped data set the quickstart reads (keys of ``QUICKSTART_FILES``)."""
+
 
 @dataclass
 class QuickstartArguments:
@@ -37,7 +45,7 @@ class QuickstartArguments:
 
     output_dir: str = field(
         default="runs/quickstart",
-        metadata={"help": "Folder of the final model, results.json and the loss plots."},
+        metadata={"help": "Folder of the final model, quickstart_results.json and the loss plots of both stages."},
     )
     model_name_or_path: str = field(
         default=DEFAULT_MODEL,
@@ -54,7 +62,7 @@ class QuickstartArguments:
     batch_size: int = field(default=8, metadata={"help": "Rows per optimisation step in both stages."})
     num_compress_tokens: int = field(default=5, metadata={"help": "k, the compress tokens per text (paper: 5)."})
     collapse_threshold: float = field(
-        default=0.95,
+        default=0.98,
         metadata={
             "help": "Warn when the held-out sentences' mean pairwise embedding cosine rises above this value while "
             "the untrained encoder's was below it."
@@ -228,6 +236,8 @@ def run_quickstart(args: QuickstartArguments) -> dict[str, Any]:
         train_dataset=rows["heldout_sentences"],
     )
     results[POINTS[2]] = measure(stage2, readout, rows["heldout_sentences"])
+    if (stage1_dir / "loss_curve.png").is_file():
+        shutil.copyfile(stage1_dir / "loss_curve.png", output_dir / "stage1_loss_curve.png")
     if not args.keep_stage1:
         shutil.rmtree(stage1_dir, ignore_errors=True)
     shutil.rmtree(output_dir / "readout", ignore_errors=True)
@@ -253,11 +263,3 @@ def run_quickstart_command(argv: Sequence[str]) -> None:
     for name, columns in QUICKSTART_COLUMNS.items():
         validate_data_file(str(QUICKSTART_FILES[name]), columns)
     run_quickstart(args)
-
-
-QUICKSTART_COLUMNS = {
-    "sentences": ("context", "instruction", "target"),
-    "heldout_sentences": ("context", "instruction", "target"),
-    "cda": ("query", "pos", "neg"),
-    "sts": ("sentence1", "sentence2"),
-}

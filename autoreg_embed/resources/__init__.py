@@ -14,7 +14,7 @@ QUICKSTART_FILES = {
     "sts": _HERE / "quickstart_sts.jsonl",
 }
 """Built-in data sets, all written for this package: ``compression``, 48 invented (context, instruction, target)
-rows about fictional towns; ``cda``, 32 (query, pos, neg) sentence triplets (an entailed and a contradicted
+rows about fictional towns; ``cda``, 96 (query, pos, neg) sentence triplets (an entailed and a contradicted
 sentence per premise); ``sentences``, 322 short everyday sentences as autoencoding rows (context = target, the
 PromptEOL instruction "means in one word") and ``heldout_sentences``, 40 more (never trained on by
 ``autoreg-embed quickstart``: its readout gain and collapse alarm); ``sts``, 115 held-out sentence pairs with a

@@ -47,6 +47,7 @@ def recipe_template(instruction_position: str, recipe: str) -> str:
     template = INSTRUCTION_TEMPLATES[instruction_position]
     return template + OFFICIAL_LAYOUT_SUFFIX if recipe == "official" else template
 
+
 CHATML_WORDS_DECODER_TEMPLATE = (
     "<|im_start|>user\nWrite one sentence using these words: {states}<|im_end|>\n<|im_start|>assistant\n"
 )
