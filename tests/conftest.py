@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from helpers import ARCHITECTURES
+from helpers import ARCHITECTURES, make_tiny_model
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from autoreg_embed import default_model_path
@@ -31,3 +31,12 @@ def tokenizer(_session_tokenizer) -> PreTrainedTokenizerBase:
 @pytest.fixture(params=ARCHITECTURES)
 def architecture(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer):
+    """A tiny random Llama over the real SmolLM2 tokenizer, saved as a model folder."""
+    folder = tmp_path / "tiny-base"
+    make_tiny_model("llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

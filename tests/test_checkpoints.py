@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from helpers import QUIET_CPU_RUN, make_config, make_tiny_model
+from helpers import QUIET_CPU_RUN, make_config
 from multiprocess_worker import (
     NUM_COMPRESS_TOKENS,
     build_trainer,
@@ -88,12 +88,9 @@ def test_a_crash_during_a_save_leaves_no_checkpoint_folder(tmp_path, monkeypatch
 
 
 @pytest.fixture
-def base_model_dir(tmp_path, tokenizer):
+def base_model_dir(tiny_model_dir):
     """A tiny Llama saved with the SmolLM2 tokenizer: the 'original LLM' that adapter checkpoints refer to."""
-    path = tmp_path / "base"
-    make_tiny_model("llama", tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tiny_model_dir
 
 
 def checkpointing_config(config_class: type, output_dir: Path):

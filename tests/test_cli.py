@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_tiny_model, write_jsonl, write_sts_file
+from helpers import write_jsonl, write_sts_file
 
 import autoreg_embed
 from autoreg_embed.cli import main
@@ -52,14 +52,6 @@ def no_model_loading(monkeypatch):
 
     monkeypatch.setattr("autoreg_embed.modeling.checkpoint.AutoModelForCausalLM.from_pretrained", refuse)
     monkeypatch.setattr("huggingface_hub.HfApi.model_info", refuse)
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path, tokenizer):
-    folder = tmp_path / "tiny-base"
-    make_tiny_model("llama", tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 # --- help and version ---------------------------------------------------------------------------------------------

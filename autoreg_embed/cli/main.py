@@ -17,6 +17,8 @@ from autoreg_embed import __version__
 from autoreg_embed.cli.errors import USER_ERRORS, OneLineErrorParser, one_line
 from autoreg_embed.cli.evaluate import SUMMARY as EVALUATE_SUMMARY
 from autoreg_embed.cli.evaluate import run_evaluate
+from autoreg_embed.cli.quickstart import SUMMARY as QUICKSTART_SUMMARY
+from autoreg_embed.cli.quickstart import run_quickstart_command
 from autoreg_embed.cli.training import TRAINING_STAGES, run_training_stage
 
 PROG = "autoreg-embed"
@@ -59,6 +61,7 @@ def commands() -> dict[str, tuple[str, Callable[[Sequence[str]], None]]]:
         for name, stage in TRAINING_STAGES.items()
     }
     commands["evaluate"] = (EVALUATE_SUMMARY, run_evaluate)
+    commands["quickstart"] = (QUICKSTART_SUMMARY, run_quickstart_command)
     return commands
 
 
