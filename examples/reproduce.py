@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -345,11 +346,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or reuse) every seed, then aggregate: mean and std over seeds of every trained recipe."""
     sizes, out = SIZES[args.size], Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = [run_seed(args, seed, out / f"seed-{seed}") for seed in args.seeds]
+    if args.aggregate_only:  # what the seeds' runs have finished, nothing trained
+        seeds = [json.loads((out / f"seed-{seed}" / "results.json").read_text()) for seed in args.seeds]
+    else:
+        seeds = [run_seed(args, seed, out / f"seed-{seed}") for seed in args.seeds]
     results: dict[str, Any] = {
         "size": args.size,
         "sizes": sizes.__dict__,
-        "options": {key: value for key, value in vars(args).items() if key not in ("output_dir", "data")},
+        "options": {
+            key: value for key, value in vars(args).items() if key not in ("output_dir", "data", "aggregate_only")
+        },
         "recipes": baselines(args.model, Path(args.data), sizes),
     }
 
@@ -362,15 +368,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in names:
         results["recipes"][name] = {
             "spearman": mean_std(over_seeds("recipes", name, "spearman")),
-            "seconds": statistics.fmean(over_seeds("recipes", name, "seconds")),
+            "seconds": statistics.fmean(
+                [seconds for seconds in over_seeds("recipes", name, "seconds") if not math.isnan(seconds)] or [math.nan]
+            ),
         }
     gains = dict.fromkeys(name for seed in seeds for name in seed["readout_gain"])
     results["readout_gain"] = {name: mean_std(over_seeds("readout_gain", name)) for name in gains}
     counts = sorted({count for seed in seeds for count in seed["curve"]}, key=int)
     results["curve"] = {  # a count run by some seeds only (e.g. a --curve given to one seed) averages those seeds
         count: {
-            method: mean_std([seed["curve"][count][method] for seed in seeds if count in seed["curve"]])
-            for method in next(seed["curve"][count] for seed in seeds if count in seed["curve"])
+            method: mean_std([seed["curve"][count][method] for seed in seeds if method in seed["curve"].get(count, {})])
+            for method in dict.fromkeys(method for seed in seeds for method in seed["curve"].get(count, {}))
         }
         for count in counts
     }
@@ -436,9 +444,9 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
     counts = sorted(results["curve"], key=int)
     figure, axis = plt.subplots(figsize=(6, 4))
     for method, label in (("cda-paper", "stage 1 + CDA"), ("infonce", "InfoNCE")):
-        means = [results["curve"][c][method]["mean"] for c in counts]
-        stds = [results["curve"][c][method]["std"] for c in counts]
-        axis.errorbar([int(c) for c in counts], means, yerr=stds, marker="o", capsize=3, label=label)
+        points = [(int(c), results["curve"][c][method]) for c in counts if method in results["curve"][c]]
+        x, means, stds = [c for c, _ in points], [p["mean"] for _, p in points], [p["std"] for _, p in points]
+        axis.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=label)
     prompt = results["recipes"]["(a) PromptEOL"]["spearman"]
     axis.axhline(prompt, linestyle="--", color="gray", label="PromptEOL (untrained)")
     axis.set(xlabel="training triplets", ylabel="STS-B dev Spearman x100", xscale="log")
@@ -485,6 +493,9 @@ def main() -> None:
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="prompteol", help="encoder layout of (b)-(d)")
     parser.add_argument("--num_compress_tokens", type=int, default=5, help="k of (b)-(d) (paper: 5)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (paper; GPU)")
+    parser.add_argument(
+        "--aggregate_only", action="store_true", help="aggregate what the seeds' runs have finished; train nothing"
+    )
     parser.add_argument(
         "--reference_signs",
         nargs="+",
