@@ -457,13 +457,14 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
     figure.savefig(out / "learning_curve.png", dpi=120)
     plt.close(figure)
 
-    logs = seeds[0]["logs"]
+    shown = max(seeds, key=lambda seed: sum(len(loss_points(history)) for history in seed["logs"].values()))
+    logs = shown["logs"]  # the seed with the most logged losses (a recovered seed may have none)
     figure, axes = plt.subplots(1, len(logs), figsize=(4 * len(logs), 3.5))
     for axis, (name, history) in zip(list(getattr(axes, "flat", [axes])), logs.items(), strict=True):
         points = loss_points(history)
         if points:
             axis.plot(*zip(*points, strict=True), marker=".")
-        axis.set(title=f"{name} (seed {seeds[0]['seed']})", xlabel="step", ylabel="loss")
+        axis.set(title=f"{name} (seed {shown['seed']})", xlabel="step", ylabel="loss")
     figure.tight_layout()
     figure.savefig(out / "loss_curves.png", dpi=120)
     plt.close(figure)
