@@ -86,8 +86,12 @@ def _convert_gguf(gguf_file: Path, destination: Path) -> None:
         if _is_complete(destination):  # another process (e.g. another rank) finished first: keep its copy
             return
         if destination.exists():  # an incomplete earlier attempt
-            shutil.rmtree(destination)
-        os.replace(staging, destination)
+            shutil.rmtree(destination, ignore_errors=True)
+        try:
+            os.replace(staging, destination)
+        except OSError:  # another process renamed its copy in between: keep it if it is complete
+            if not _is_complete(destination):
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

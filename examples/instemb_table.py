@@ -154,7 +154,9 @@ def train_and_save(trainer: Any, output_dir: Path) -> list[dict[str, float]]:
     return trainer.state.log_history
 
 
-def distill_trainer(rows: Dataset, sizes: Sizes, output_dir: Path, lr: float, **options: Any) -> DistillTrainer:
+def distill_trainer(
+    model: str | None, rows: Dataset, sizes: Sizes, output_dir: Path, lr: float, **options: Any
+) -> DistillTrainer:
     args = DistillConfig(
         **common_options(sizes, output_dir, lr),
         positive_views=["output", "teacher"],
@@ -164,7 +166,7 @@ def distill_trainer(rows: Dataset, sizes: Sizes, output_dir: Path, lr: float, **
         precompute_teacher_targets=True,
         **options,
     )
-    return DistillTrainer(model=None, args=args, train_dataset=rows, peft_config=lora())
+    return DistillTrainer(model=model, args=args, train_dataset=rows, peft_config=lora())
 
 
 def evaluate(model: Any, data: Path, sizes: Sizes) -> dict[str, Any]:
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     name = "(a) untrained, last token"
     if not done(name):
-        record(name, baseline(None, "last", TEMPLATE, max_text_length=sizes.max_length), None)
+        record(name, baseline(args.model, "last", TEMPLATE, max_text_length=sizes.max_length), None)
 
     contrastive_dir = out / "contrastive"
     name = "(b) ContrastiveTrainer, last token"
@@ -215,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             remove_columns=rows.column_names,
         )
         contrastive = ContrastiveTrainer(
-            model=None,
+            model=args.model,
             args=ContrastiveConfig(
                 **common_options(sizes, contrastive_dir, args.lr),
                 num_compress_tokens=0,
@@ -240,7 +242,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if done(name):
             continue
         directory = out / folder
-        trainer, setup_cost = timed(lambda d=directory, o=options: distill_trainer(rows, sizes, d, args.lr, **o))
+        trainer, setup_cost = timed(
+            lambda d=directory, o=options: distill_trainer(args.model, rows, sizes, d, args.lr, **o)
+        )
         history, cost = timed(lambda t=trainer, d=directory: train_and_save(t, d))
         cost["teacher_targets_wall_s"], cost["teacher_targets_cpu_s"] = setup_cost["wall_s"], setup_cost["cpu_s"]
         record(name, load(directory), cost, history)
@@ -320,6 +324,7 @@ def main() -> None:
     parser.add_argument("--output_dir", default="runs/instemb")
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="base LLM (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--lr", type=float, default=2e-4, help="learning rate of every trained recipe (LoRA)")
     parser.add_argument("--resume", action="store_true", help="keep the recipes results.json already holds")
     args = parser.parse_args()

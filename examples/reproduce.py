@@ -26,6 +26,7 @@ them), ``results.json``, ``results.md`` (mean +- std over seeds, wall-clock time
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -219,6 +220,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
 
     def save() -> None:
         file.write_text(json.dumps(result, indent=2))
+        gc.collect()  # the finished recipe's trainer and models
 
     stage1_dir = out / "compression"
     train_rows, held_out = stage1_data(args, sizes, seed)
@@ -241,6 +243,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         )
         result["logs"]["compression"], seconds = timed(lambda: train(stage1, stage1_dir))
         result["readout_gain"]["stage 1"] = stage1.evaluate()["eval_readout_gain"]
+        del stage1  # one process runs every recipe: free each trainer's models before the next one
         score, eval_seconds = timed(lambda: sts_score(load(stage1_dir), data, sizes))
         recipes["(d) stage 1 only"] = {"spearman": score, "seconds": seconds + eval_seconds}
         save()
@@ -265,6 +268,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                 train_dataset=rows,
             )
             logs, cda_seconds = timed(lambda t=cda, d=cda_dir: train(t, d))
+            del cda
             curve[f"cda-{sign}"] = sts_score(load(cda_dir), data, sizes)
             if count == sizes.triplets:
                 recipes[f"(c) stage 1 + CDA, {sign} reference sign"] = {
@@ -278,7 +282,9 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             save()
         if "infonce" not in curve:
             infonce_dir = out / f"infonce-{count}"
-            logs, seconds = timed(lambda r=rows, d=infonce_dir: train(infonce(args, r, d, layout, seed), d))
+            logs, seconds = timed(
+                lambda r=rows, d=infonce_dir: train(infonce(args, r, d, layout, instructions, seed), d)
+            )
             curve["infonce"] = sts_score(load(infonce_dir), data, sizes)
             if count == sizes.triplets:
                 recipes["(b) InfoNCE"] = {"spearman": curve["infonce"], "seconds": seconds}
@@ -291,7 +297,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     ):  # the paper's retrieval recipe: one epoch of InfoNCE after CDA
         then_dir, cda_dir = out / "cda-then-infonce", out / f"cda-paper-{sizes.triplets}"
         rows = triplets(data, sizes.triplets, seed)
-        _, seconds = timed(lambda: train(infonce(args, rows, then_dir, {}, seed, str(cda_dir)), then_dir))
+        _, seconds = timed(lambda: train(infonce(args, rows, then_dir, {}, instructions, seed, str(cda_dir)), then_dir))
         previous = recipes["(c) stage 1 + CDA, paper reference sign"]["seconds"]
         recipes[name] = {"spearman": sts_score(load(then_dir), data, sizes), "seconds": previous + seconds}
         save()
@@ -303,12 +309,13 @@ def infonce(
     rows: Dataset,
     output_dir: Path,
     layout: dict[str, Any],
+    instructions: dict[str, Any],
     seed: int,
     model: str | None = None,
 ) -> ContrastiveTrainer:
-    """InfoNCE on ``rows`` from ``model`` (default: the base LLM with ``layout``)."""
+    """InfoNCE on ``rows`` from ``model`` (default: the base LLM with ``layout``), with the triplet trainers'
+    ``instructions``."""
     sizes = SIZES[args.size]
-    _, instructions = layout_options(args.layout, args.num_compress_tokens)
     return ContrastiveTrainer(
         model=model or args.model,
         args=ContrastiveConfig(

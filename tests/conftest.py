@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 
-import pytest
+if "PYTEST_XDIST_WORKER" in os.environ:  # ``pytest -n N``: one thread per worker (and its subprocesses), so that
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # N workers on N cores do not spin against each other
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # the imports below load torch: after the thread settings
 from helpers import ARCHITECTURES, make_tiny_model
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 

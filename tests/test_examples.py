@@ -59,10 +59,9 @@ def test_autoencoding_rows_are_none_of_the_triplets_and_held_out_rows_unseen():
 
 
 @requires_shared_data
-@pytest.mark.slow
-def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
-    """The script behind docs/reproduce.md still runs end to end at its smoke size, and a second call reuses the
-    finished seed instead of training again."""
+def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path, tiny_model_dir):
+    """The script behind docs/reproduce.md still runs end to end at its smoke size (every recipe, on a tiny model:
+    the code path, not the scores), and a second call reuses the finished seed instead of training again."""
     command = [
         sys.executable,
         str(EXAMPLES / "reproduce.py"),
@@ -72,6 +71,8 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path):
         "0",
         "--curve",
         "8",
+        "--model",
+        str(tiny_model_dir),
         "--data",
         str(SHARED_DATA),
         "--output_dir",
@@ -133,10 +134,12 @@ def test_instemb_training_batches_group_questions_by_context_and_never_hold_xqua
 
 
 @requires_shared_data
-@pytest.mark.slow
-def test_instemb_table_smoke_run_writes_table_and_plot(tmp_path):
+def test_instemb_table_smoke_run_writes_table_and_plot(tmp_path, tiny_model_dir):
+    """examples/instemb_table.py runs every recipe at its smoke size (on a tiny model: the code path, not the
+    scores) and writes its table and plot."""
     command = [sys.executable, str(EXAMPLES / "instemb_table.py"), "--size", "smoke", "--data", str(SHARED_DATA)]
-    subprocess.run([*command, "--output_dir", str(tmp_path)], check=True, cwd=tmp_path, capture_output=True)
+    command += ["--model", str(tiny_model_dir), "--output_dir", str(tmp_path)]
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
     results = json.loads((tmp_path / "results.json").read_text())
     recipes = results["recipes"]
     assert len(recipes) == 7 and all(-100 <= r["sts_spearman"] <= 100 for r in recipes.values())
