@@ -9,10 +9,10 @@ import logging
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
@@ -49,6 +49,8 @@ from autoreg_embed.sentence_transformers import (
 from autoreg_embed.trainers.base_config import EncoderTrainingConfig, InstructionTrainingConfig
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
@@ -148,6 +150,15 @@ def precomputed_cache_file(
     key = [hashlib.sha256(payload.encode()).hexdigest()[:24]]
     broadcast_object_list(key, from_process=0)
     return folder / f"{key[0]}{suffix}"
+
+
+def replace_columns(dataset: Dataset, columns: dict[str, list | torch.Tensor]) -> Dataset:
+    """``dataset`` with ``columns`` (one value per row, in row order) added, replacing columns of the same name."""
+    for name, values in columns.items():
+        if name in dataset.column_names:
+            dataset = dataset.remove_columns(name)
+        dataset = dataset.add_column(name, values.tolist() if isinstance(values, torch.Tensor) else values)
+    return dataset
 
 
 def validate_dataset(
@@ -336,6 +347,30 @@ class AutoRegTrainer(Trainer, abc.ABC):
         if num_items_in_batch is None:
             return total / items
         return total * self.accelerator.num_processes / num_items_in_batch
+
+    def load_or_precompute(
+        self,
+        cache_file: Path | None,
+        compute: Callable[[], T],
+        write: Callable[[T, Path], None],
+        read: Callable[[Path], T],
+        what: str,
+    ) -> T:
+        """Values precomputed once by a frozen model: read from ``cache_file`` if it exists, else ``compute()``d
+        (by every process together) and written by the main process of each machine, atomically (a staging file
+        renamed into place), while the others wait. ``cache_file=None``: computed, never cached."""
+        if cache_file is not None and cache_file.is_file():
+            logger.info("Reusing %s from %s.", what, cache_file)
+            return read(cache_file)
+        values = compute()
+        if cache_file is not None:
+            if self.accelerator.is_local_main_process:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                staging = cache_file.with_suffix(f".tmp{os.getpid()}")
+                write(values, staging)
+                os.replace(staging, cache_file)
+            self.accelerator.wait_for_everyone()
+        return values
 
     def record_metrics(self, values: dict[str, torch.Tensor | float]) -> None:
         """Store per-step metric values (averaged over the steps between two logs)."""

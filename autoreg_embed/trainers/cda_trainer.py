@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +32,7 @@ from autoreg_embed.modeling.decoder import conditional_log_probs
 from autoreg_embed.modeling.encoder import encode
 from autoreg_embed.modeling.frozen import FrozenRole, original_decoder, reference_role
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-from autoreg_embed.trainers.base_trainer import AutoRegTrainer, precomputed_cache_file
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer, precomputed_cache_file, replace_columns
 from autoreg_embed.trainers.cda_config import CDAConfig
 
 logger = logging.getLogger(__name__)
@@ -289,25 +288,14 @@ class CDATrainer(AutoRegTrainer):
         The pass is split across processes and gathered; the main process of each machine writes the cache
         (atomically) and the others wait for it and read it.
         """
-        cache_file = self._reference_cache_file(dataset)
-        if cache_file is not None and cache_file.is_file():
-            logger.info("Reusing reference log-probs from %s.", cache_file)
-            columns = json.loads(cache_file.read_text())
-        else:
-            columns = self.compute_reference_log_probs(dataset, split)
-            if cache_file is not None:
-                if self.accelerator.is_local_main_process:
-                    cache_file.parent.mkdir(parents=True, exist_ok=True)
-                    staging = cache_file.with_suffix(f".tmp{os.getpid()}")
-                    staging.write_text(json.dumps(columns))
-                    os.replace(staging, cache_file)
-                self.accelerator.wait_for_everyone()
-                columns = json.loads(cache_file.read_text())
-        for name, values in columns.items():
-            if name in dataset.column_names:
-                dataset = dataset.remove_columns(name)
-            dataset = dataset.add_column(name, values)
-        return dataset
+        columns = self.load_or_precompute(
+            self._reference_cache_file(dataset),
+            lambda: self.compute_reference_log_probs(dataset, split),
+            write=lambda values, path: path.write_text(json.dumps(values)),
+            read=lambda path: json.loads(path.read_text()),
+            what="reference log-probs",
+        )
+        return replace_columns(dataset, columns)
 
     def compute_reference_log_probs(self, dataset: Dataset, split: str) -> dict[str, list]:
         """The reference log-probs of every row of ``dataset`` by ``LogProb.name``, in row order, computed across

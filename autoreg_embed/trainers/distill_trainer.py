@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from autoreg_embed.losses.distillation import output_span_targets as span_target
 from autoreg_embed.modeling.encoder import backbone_of, last_hidden_states
 from autoreg_embed.modeling.frozen import FrozenRole, original_decoder
 from autoreg_embed.modeling.inputs import EncoderInputBuilder
-from autoreg_embed.trainers.base_trainer import AutoRegTrainer, precomputed_cache_file
+from autoreg_embed.trainers.base_trainer import AutoRegTrainer, precomputed_cache_file, replace_columns
 from autoreg_embed.trainers.contrastive_trainer import gather_with_gradient
 from autoreg_embed.trainers.distill_config import DistillConfig
 
@@ -396,24 +395,14 @@ class DistillTrainer(AutoRegTrainer):
         ``teacher_positions`` (m x H) and ``teacher_position_mask`` (m). The cache key covers the dataset
         fingerprint, the teacher's weights and every layout option that changes the teacher's input.
         """
-        cache_file = self._teacher_cache_file(dataset)
-        if cache_file is not None and cache_file.is_file():
-            logger.info("Reusing teacher targets from %s.", cache_file)
-            targets = load_file(cache_file)
-        else:
-            targets = self.compute_teacher_targets(dataset, split)
-            if cache_file is not None:
-                if self.accelerator.is_local_main_process:
-                    cache_file.parent.mkdir(parents=True, exist_ok=True)
-                    staging = cache_file.with_suffix(f".tmp{os.getpid()}")
-                    save_file({name: value.contiguous() for name, value in targets.items()}, staging)
-                    os.replace(staging, cache_file)
-                self.accelerator.wait_for_everyone()
-        for name, values in targets.items():
-            if name in dataset.column_names:
-                dataset = dataset.remove_columns(name)
-            dataset = dataset.add_column(name, values.tolist())
-        return dataset
+        targets = self.load_or_precompute(
+            self._teacher_cache_file(dataset),
+            lambda: self.compute_teacher_targets(dataset, split),
+            write=lambda values, path: save_file({name: value.contiguous() for name, value in values.items()}, path),
+            read=load_file,
+            what="teacher targets",
+        )
+        return replace_columns(dataset, targets)
 
     def get_eval_dataloader(self, eval_dataset: Dataset | str | None = None) -> DataLoader:
         """With precomputed teacher targets, a dataset passed to ``evaluate`` gets its target columns first."""
