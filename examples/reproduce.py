@@ -489,7 +489,13 @@ def main() -> None:
         "--decoder_template", default="chatml_words", help=f"{sorted(DECODER_TEMPLATES)} or a template with {{states}}"
     )
     parser.add_argument("--compression_lr", type=float, default=1e-4, help="paper: 2e-5 (for 7B models)")
-    parser.add_argument("--compression_epochs", type=float, default=1.0, help="paper: 2")
+    parser.add_argument(
+        "--compression_epochs",
+        type=float,
+        default=0.5,
+        help="paper: 2; 0.5 (75 steps at size small) gave the best STS-B dev in the stage-1 length study "
+        "(docs/reproduce.md), 1.0 the most readable states",
+    )
     parser.add_argument("--compression_warmup_steps", type=float, default=20)
     parser.add_argument("--compression_scheduler", default="constant_with_warmup")
     parser.add_argument("--eval_steps", type=int, default=25, help="stage-1 steps between readout-gain evaluations")
