@@ -422,7 +422,8 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
     sizes, options = results["sizes"], results["options"]
     lines = [
         f"STS-B dev (first {sizes['sts_pairs']} pairs), Spearman x100, mean ± std over seeds {options['seeds']}; "
-        f"size `{results['size']}`, stage 1 `{options['stage1']}` ({sizes['compression_rows']} rows, decoder "
+        f"size `{results['size']}`, stage 1 `{options['stage1']}` ({sizes['compression_rows']} rows, "
+        f"{options['compression_epochs']} epoch, lr {options['compression_lr']}, decoder "
         f"template `{options['decoder_template']}`), {sizes['triplets']} SNLI triplets; layout "
         f"`{options['layout']}`, k = {options['num_compress_tokens']}.",
         "",
