@@ -16,7 +16,9 @@ initialisation); a learning curve compares CDA (paper sign) with InfoNCE at ``--
 
 Writes, into ``--output_dir``: ``seed-N/`` (checkpoints and ``results.json`` of each seed, written after every
 recipe; finished recipes are not run again, so seeds may run as parallel processes and a last call aggregates
-them), ``results.json``, ``results.md`` (mean +- std over seeds, wall-clock times), ``readout_curve.png``,
+them; once a seed's stage 1 has finished, ``--methods cda`` and ``--methods infonce`` may also train its CDA and
+InfoNCE runs as two parallel processes), ``results.json``, ``results.md`` (mean +- std over seeds, wall-clock times,
+the learning curve), ``readout_curve.png``,
 ``learning_curve.png`` and ``loss_curves.png``. Run from the repository root (data in ``../shared/data``)::
 
     python examples/reproduce.py --size small --stage1 autoencoding --seeds 0 1 2 --output_dir runs/reproduce
@@ -219,7 +221,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     recipes = result["recipes"]
 
     def save() -> None:
-        file.write_text(json.dumps(result, indent=2))
+        save_results(file, result)
         gc.collect()  # the finished recipe's trainer and models
 
     stage1_dir = out / "compression"
@@ -252,7 +254,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         rows = triplets(data, count, seed)
         curve = result["curve"].setdefault(str(count), {})
         signs = args.reference_signs if count == sizes.triplets else args.reference_signs[:1]
-        for sign in (sign for sign in signs if f"cda-{sign}" not in curve):
+        for sign in (sign for sign in signs if f"cda-{sign}" not in curve and "cda" in args.methods):
             cda_dir = out / f"cda-{sign}-{count}"
             cda = CDATrainer(
                 model=str(stage1_dir),
@@ -280,7 +282,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                 )
                 result["logs"][f"cda-{sign}"] = logs
             save()
-        if "infonce" not in curve:
+        if "infonce" not in curve and "infonce" in args.methods:
             infonce_dir = out / f"infonce-{count}"
             logs, seconds = timed(
                 lambda r=rows, d=infonce_dir: train(infonce(args, r, d, layout, instructions, seed), d)
@@ -292,9 +294,8 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
             save()
 
     name = "(e) stage 1 + CDA (paper sign) + InfoNCE"
-    if (
-        name not in recipes and "paper" in args.reference_signs
-    ):  # the paper's retrieval recipe: one epoch of InfoNCE after CDA
+    if name not in recipes and "paper" in args.reference_signs and "cda" in args.methods:
+        # the paper's retrieval recipe: one epoch of InfoNCE after CDA
         then_dir, cda_dir = out / "cda-then-infonce", out / f"cda-paper-{sizes.triplets}"
         rows = triplets(data, sizes.triplets, seed)
         _, seconds = timed(lambda: train(infonce(args, rows, then_dir, {}, instructions, seed, str(cda_dir)), then_dir))
@@ -302,6 +303,30 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         recipes[name] = {"spearman": sts_score(load(then_dir), data, sizes), "seconds": previous + seconds}
         save()
     return result
+
+
+def add_missing(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """Add to ``ours``, in place and at every nesting level, the entries of ``theirs`` it lacks (``ours`` wins on
+    a clash; its nested dictionaries stay the same objects)."""
+    for key, value in theirs.items():
+        if key not in ours:
+            ours[key] = value
+        elif isinstance(ours[key], dict) and isinstance(value, dict):
+            add_missing(ours[key], value)
+
+
+def save_results(file: Path, result: dict[str, Any]) -> None:
+    """Write a seed's ``result`` to ``file``, with what another process of the same seed (``--methods``) has
+    written there since this one read it added to ``result`` first; under a lock, replaced atomically (an
+    interrupted write loses nothing)."""
+    from filelock import FileLock
+
+    with FileLock(f"{file}.lock"):
+        if file.is_file():
+            add_missing(result, json.loads(file.read_text()))
+        temporary = file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(result, indent=2))
+        temporary.replace(file)
 
 
 def infonce(
@@ -437,6 +462,17 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
         f"{name} {gain['mean']:.3f} ± {gain['std']:.3f}" for name, gain in results["readout_gain"].items()
     )
     lines += ["", f"Decoder readout gain (nats per target token, {sizes['readout_rows']} held-out rows): {gains}."]
+    methods = {"cda-paper": "stage 1 + CDA (paper sign)", "cda-official": "official sign", "infonce": "InfoNCE"}
+    shown = [method for method in methods if any(method in scores for scores in results["curve"].values())]
+    lines += [
+        "",
+        "| training triplets | " + " | ".join(methods[m] for m in shown) + " |",
+        "|---" * (len(shown) + 1) + "|",
+    ]
+    lines += [
+        f"| {count} | " + " | ".join(spearman_cell(scores[m]) if m in scores else "" for m in shown) + " |"
+        for count, scores in sorted(results["curve"].items(), key=lambda item: int(item[0]))
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -517,6 +553,14 @@ def main() -> None:
         choices=REFERENCE_SIGNS,
         default=list(REFERENCE_SIGNS),
         help="CDA runs at the largest triplet count (the learning curve uses the first)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("cda", "infonce"),
+        default=["cda", "infonce"],
+        help="triplet methods this process trains (with (e) under cda); once stage 1 has finished, one process per "
+        "method with the same --output_dir and --seeds trains them in parallel",
     )
     args = parser.parse_args()
     run(args)

@@ -78,7 +78,14 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path, tiny_model_d
         "--output_dir",
         str(tmp_path),
     ]
-    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
+    for methods in ("infonce", "cda"):  # as two processes of one seed would, one after the other here
+        subprocess.run([*command, "--methods", methods], check=True, cwd=tmp_path, capture_output=True, text=True)
+        if methods == "infonce":
+            seed = json.loads((tmp_path / "seed-0" / "results.json").read_text())
+            assert {method for scores in seed["curve"].values() for method in scores} == {"infonce"}
+            assert (
+                "(b) InfoNCE" in seed["recipes"] and "(e) stage 1 + CDA (paper sign) + InfoNCE" not in seed["recipes"]
+            )
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["curve"]) == {"8", "16"}
     assert set(results["curve"]["16"]) == {"cda-paper", "cda-official", "infonce"}
@@ -98,6 +105,8 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path, tiny_model_d
     assert all(-100 <= r["mean"] <= 100 and r["std"] == 0.0 and len(r["values"]) == 1 for r in trained)
     table = (tmp_path / "results.md").read_text()
     assert "| (c) stage 1 + CDA, paper reference sign |" in table and "layout `prompteol`, k = 5" in table
+    assert "| training triplets | stage 1 + CDA (paper sign) | official sign | InfoNCE |" in table
+    assert "\n| 8 | " in table and "\n| 16 | " in table
     assert set(results["readout_gain"]) == {"stage 1", "after CDA (paper sign)", "after CDA (official sign)"}
     assert all(abs(gain["mean"]) < 20 for gain in results["readout_gain"].values())  # nats per token, finite
     steps = [step for step, _ in results["readout_curves"]["0"]]
@@ -163,3 +172,23 @@ def test_gpu_check_smoke_runs_both_stages_on_the_cpu(tmp_path):
     for stage in ("compression", "cda"):
         assert report["sdpa"][stage]["seconds_per_step"] > 0
         assert math.isfinite(report["sdpa"][stage]["final_loss"])
+
+
+def test_saving_a_seed_keeps_what_a_parallel_process_of_that_seed_wrote(tmp_path):
+    file = tmp_path / "results.json"
+    file.write_text(
+        json.dumps({"seed": 0, "recipes": {"(b) InfoNCE": {"spearman": 1.0}}, "curve": {"16": {"infonce": 1.0}}})
+    )
+    ours = {"seed": 0, "recipes": {}, "curve": {"16": {"cda-paper": 2.0}}}
+    curve = ours["curve"]["16"]
+    reproduce.save_results(file, ours)
+    expected = {
+        "seed": 0,
+        "recipes": {"(b) InfoNCE": {"spearman": 1.0}},
+        "curve": {"16": {"cda-paper": 2.0, "infonce": 1.0}},
+    }
+    assert json.loads(file.read_text()) == ours == expected
+    curve["cda-official"] = 3.0  # the caller's references stay live: later recipes land in what is saved next
+    reproduce.save_results(file, ours)
+    assert json.loads(file.read_text())["curve"]["16"] == {"cda-paper": 2.0, "infonce": 1.0, "cda-official": 3.0}
+    assert not file.with_suffix(".tmp").exists()
