@@ -25,7 +25,7 @@ from autoreg_embed.cli.errors import UserError
 from autoreg_embed.default_model import DEFAULT_MODEL
 from autoreg_embed.resources import QUICKSTART_FILES
 
-SUMMARY = "both stages on the embedded model with the shipped data, evaluated before and after (about 6 min on 2 CPU cores)"
+SUMMARY = "both stages on the embedded model with the shipped data, evaluated before and after (about 6 min, 2 cores)"
 
 POINTS = ("untrained (step 0)", "after stage 1", "after stage 2")
 """The evaluated points, in order."""
