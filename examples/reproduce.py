@@ -16,9 +16,9 @@ initialisation); a learning curve compares CDA (paper sign) with InfoNCE at ``--
 
 Writes, into ``--output_dir``: ``seed-N/`` (checkpoints and ``results.json`` of each seed, written after every
 recipe; finished recipes are not run again, so seeds may run as parallel processes and a last call aggregates
-them; once a seed's stage 1 has finished, ``--methods cda`` and ``--methods infonce`` may also train its CDA and
-InfoNCE runs as two parallel processes), ``results.json``, ``results.md`` (mean +- std over seeds, wall-clock times,
-the learning curve), ``readout_curve.png``,
+them; ``--methods cda`` (stage 1, CDA and (e)) and ``--methods infonce`` also train one seed as two parallel
+processes), ``results.json``, ``results.md`` (mean +- std over seeds, wall-clock times, the learning curve),
+``readout_curve.png``,
 ``learning_curve.png`` and ``loss_curves.png``. Run from the repository root (data in ``../shared/data``)::
 
     python examples/reproduce.py --size small --stage1 autoencoding --seeds 0 1 2 --output_dir runs/reproduce
@@ -226,7 +226,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
 
     stage1_dir = out / "compression"
     train_rows, held_out = stage1_data(args, sizes, seed)
-    if "(d) stage 1 only" not in recipes:
+    if "(d) stage 1 only" not in recipes and "cda" in args.methods:  # stage 1 is the start of CDA only
         stage1 = CompressionTrainer(
             model=args.model,
             args=CompressionConfig(
@@ -423,6 +423,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }.items()
         )
         for seed in seeds
+        if "compression" in seed["logs"]  # a seed run with --methods infonce only has no stage 1
     }
     write_outputs(results, seeds, out)
     return results
@@ -559,8 +560,8 @@ def main() -> None:
         nargs="+",
         choices=("cda", "infonce"),
         default=["cda", "infonce"],
-        help="triplet methods this process trains (with (e) under cda); once stage 1 has finished, one process per "
-        "method with the same --output_dir and --seeds trains them in parallel",
+        help="triplet methods this process trains (cda: with stage 1, which it starts from, and (e)); one process "
+        "per method with the same --output_dir and --seeds trains them in parallel",
     )
     args = parser.parse_args()
     run(args)

@@ -86,6 +86,7 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path, tiny_model_d
             assert (
                 "(b) InfoNCE" in seed["recipes"] and "(e) stage 1 + CDA (paper sign) + InfoNCE" not in seed["recipes"]
             )
+            assert "(d) stage 1 only" not in seed["recipes"] and not (tmp_path / "seed-0" / "compression").exists()
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["curve"]) == {"8", "16"}
     assert set(results["curve"]["16"]) == {"cda-paper", "cda-official", "infonce"}
