@@ -12,7 +12,7 @@ decoder reads at this scale (``--stage1 autoencoding``: regenerate short SNLI se
 triplets, with the frozen decoder reading the states inside ``--decoder_template``, see docs/reproduce.md). The
 readout gain of stage 1 (nats per token the decoder gains from a row's own states) is measured on held-out rows
 every ``--eval_steps`` and after stage 2. Every trained recipe runs once per ``--seeds`` value (data shuffle and
-initialisation); a learning curve compares CDA (paper sign) with InfoNCE at ``--curve`` triplet counts.
+initialisation); a learning curve compares CDA (paper sign), InfoNCE and (e) at ``--curve`` triplet counts.
 
 Writes, into ``--output_dir``: ``seed-N/`` (checkpoints and ``results.json`` of each seed, written after every
 recipe; finished recipes are not run again, so seeds may run as parallel processes and a last call aggregates
@@ -292,16 +292,20 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                 recipes["(b) InfoNCE"] = {"spearman": curve["infonce"], "seconds": seconds}
                 result["logs"]["infonce"] = logs
             save()
+        if "cda-then-infonce" not in curve and "paper" in signs and "cda" in args.methods:
+            # the paper's retrieval recipe: one epoch of InfoNCE after CDA, on the same triplets
+            then_dir, cda_dir = out / f"cda-then-infonce-{count}", str(out / f"cda-paper-{count}")
+            _, seconds = timed(
+                lambda r=rows, d=then_dir, m=cda_dir: train(infonce(args, r, d, {}, instructions, seed, m), d)
+            )
+            curve["cda-then-infonce"] = sts_score(load(then_dir), data, sizes)
+            if count == sizes.triplets:
+                recipes["(e) stage 1 + CDA (paper sign) + InfoNCE"] = {
+                    "spearman": curve["cda-then-infonce"],
+                    "seconds": recipes["(c) stage 1 + CDA, paper reference sign"]["seconds"] + seconds,
+                }
+            save()
 
-    name = "(e) stage 1 + CDA (paper sign) + InfoNCE"
-    if name not in recipes and "paper" in args.reference_signs and "cda" in args.methods:
-        # the paper's retrieval recipe: one epoch of InfoNCE after CDA
-        then_dir, cda_dir = out / "cda-then-infonce", out / f"cda-paper-{sizes.triplets}"
-        rows = triplets(data, sizes.triplets, seed)
-        _, seconds = timed(lambda: train(infonce(args, rows, then_dir, {}, instructions, seed, str(cda_dir)), then_dir))
-        previous = recipes["(c) stage 1 + CDA, paper reference sign"]["seconds"]
-        recipes[name] = {"spearman": sts_score(load(then_dir), data, sizes), "seconds": previous + seconds}
-        save()
     return result
 
 
@@ -463,7 +467,12 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
         f"{name} {gain['mean']:.3f} ± {gain['std']:.3f}" for name, gain in results["readout_gain"].items()
     )
     lines += ["", f"Decoder readout gain (nats per target token, {sizes['readout_rows']} held-out rows): {gains}."]
-    methods = {"cda-paper": "stage 1 + CDA (paper sign)", "cda-official": "official sign", "infonce": "InfoNCE"}
+    methods = {
+        "cda-paper": "stage 1 + CDA (paper sign)",
+        "cda-official": "official sign",
+        "infonce": "InfoNCE",
+        "cda-then-infonce": "stage 1 + CDA + InfoNCE",
+    }
     shown = [method for method in methods if any(method in scores for scores in results["curve"].values())]
     lines += [
         "",
@@ -488,7 +497,11 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
 
     counts = sorted(results["curve"], key=int)
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method, label in (("cda-paper", "stage 1 + CDA"), ("infonce", "InfoNCE")):
+    for method, label in (
+        ("cda-paper", "stage 1 + CDA"),
+        ("infonce", "InfoNCE"),
+        ("cda-then-infonce", "stage 1 + CDA + InfoNCE"),
+    ):
         points = [(int(c), results["curve"][c][method]) for c in counts if method in results["curve"][c]]
         x, means, stds = [c for c, _ in points], [p["mean"] for _, p in points], [p["std"] for _, p in points]
         axis.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=label)

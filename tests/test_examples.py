@@ -89,7 +89,10 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path, tiny_model_d
             assert "(d) stage 1 only" not in seed["recipes"] and not (tmp_path / "seed-0" / "compression").exists()
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["curve"]) == {"8", "16"}
-    assert set(results["curve"]["16"]) == {"cda-paper", "cda-official", "infonce"}
+    assert set(results["curve"]["16"]) == {"cda-paper", "cda-official", "infonce", "cda-then-infonce"}
+    assert set(results["curve"]["8"]) == {"cda-paper", "infonce", "cda-then-infonce"}  # (e) at every curve point
+    combined = results["recipes"]["(e) stage 1 + CDA (paper sign) + InfoNCE"]["spearman"]
+    assert results["curve"]["16"]["cda-then-infonce"] == combined  # the full-size point is recipe (e)
     assert results["options"]["stage1"] == "autoencoding" and results["options"]["seeds"] == [0]
     recipes = results["recipes"]
     assert set(recipes) == {
@@ -106,7 +109,8 @@ def test_reproduce_smoke_run_writes_table_plots_and_curve(tmp_path, tiny_model_d
     assert all(-100 <= r["mean"] <= 100 and r["std"] == 0.0 and len(r["values"]) == 1 for r in trained)
     table = (tmp_path / "results.md").read_text()
     assert "| (c) stage 1 + CDA, paper reference sign |" in table and "layout `prompteol`, k = 5" in table
-    assert "| training triplets | stage 1 + CDA (paper sign) | official sign | InfoNCE |" in table
+    header = "| training triplets | stage 1 + CDA (paper sign) | official sign | InfoNCE | stage 1 + CDA + InfoNCE |"
+    assert header in table
     assert "\n| 8 | " in table and "\n| 16 | " in table
     assert set(results["readout_gain"]) == {"stage 1", "after CDA (paper sign)", "after CDA (official sign)"}
     assert all(abs(gain["mean"]) < 20 for gain in results["readout_gain"].values())  # nats per token, finite

@@ -96,8 +96,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary folder)")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="autoreg-embed-wheel-"))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        check_in(args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="autoreg-embed-wheel-") as work:  # two venvs: ~3.5 GB, removed after
+            check_in(Path(work))
+
+
+def check_in(work: Path) -> None:
+    """Build, install and smoke-test the wheel inside ``work``."""
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.setdefault("OMP_NUM_THREADS", "1")
     env["HF_HUB_OFFLINE"] = "1"
@@ -151,7 +159,7 @@ def main() -> None:
     message = run([str(minimal), "-I", "-c", MISSING_EXTRA], work, env)
     assert "autoreg-embed[eval]" in message, message
     check("minimal venv (torch, sentence-transformers, the wheel --no-deps): same embeddings", started)
-    print(f"wheel check passed ({work})")
+    print(f"wheel check passed (in {work})")
 
 
 if __name__ == "__main__":
