@@ -263,6 +263,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
                     **instructions,
                     max_target_length=sizes.max_length,
                     learning_rate=args.cda_lr,
+                    beta=args.cda_beta,
                     num_train_epochs=args.cda_epochs,
                     reference_sign=sign,
                     precompute_ref_log_probs=True,
@@ -551,6 +552,7 @@ def main() -> None:
     parser.add_argument("--compression_scheduler", default="constant_with_warmup")
     parser.add_argument("--eval_steps", type=int, default=25, help="stage-1 steps between readout-gain evaluations")
     parser.add_argument("--cda_lr", type=float, default=5e-6)
+    parser.add_argument("--cda_beta", type=float, default=0.1, help="beta of CDA's S1 and S2 (paper: 0.1)")
     parser.add_argument("--infonce_lr", type=float, default=2e-5)
     parser.add_argument("--curve", type=int, nargs="*", default=None, help="triplet counts of the learning curve")
     parser.add_argument("--cda_epochs", type=float, default=1.0, help="paper: 4 (over 50k triplets)")
