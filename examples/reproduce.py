@@ -112,6 +112,14 @@ REFERENCE_SIGNS = ("paper", "official")
 COMPRESSION_FILES = ("squad2_devhalf_answerable.jsonl", "xquad_en.jsonl", "pubmedqa_pqal.jsonl")
 
 
+CURVE_METHODS = {  # learning-curve methods (keys of a seed's ``curve[count]``) and their table / plot labels
+    "cda-paper": "stage 1 + CDA (paper sign)",
+    "cda-official": "official sign",
+    "infonce": "InfoNCE",
+    "cda-then-infonce": "stage 1 + CDA + InfoNCE",
+}
+
+
 def qa_rows(data: Path, sizes: Sizes, seed: int) -> tuple[Dataset, Dataset]:
     """(training, held-out) rows of the paper's stage 1 from the SQuAD, XQuAD and PubMedQA compression files,
     shuffled together: the held-out rows are the last ``sizes.readout_rows``, training the first
@@ -468,16 +476,10 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
         f"{name} {gain['mean']:.3f} ± {gain['std']:.3f}" for name, gain in results["readout_gain"].items()
     )
     lines += ["", f"Decoder readout gain (nats per target token, {sizes['readout_rows']} held-out rows): {gains}."]
-    methods = {
-        "cda-paper": "stage 1 + CDA (paper sign)",
-        "cda-official": "official sign",
-        "infonce": "InfoNCE",
-        "cda-then-infonce": "stage 1 + CDA + InfoNCE",
-    }
-    shown = [method for method in methods if any(method in scores for scores in results["curve"].values())]
+    shown = [method for method in CURVE_METHODS if any(method in scores for scores in results["curve"].values())]
     lines += [
         "",
-        "| training triplets | " + " | ".join(methods[m] for m in shown) + " |",
+        "| training triplets | " + " | ".join(CURVE_METHODS[m] for m in shown) + " |",
         "|---" * (len(shown) + 1) + "|",
     ]
     lines += [
@@ -498,11 +500,9 @@ def write_outputs(results: dict[str, Any], seeds: list[dict[str, Any]], out: Pat
 
     counts = sorted(results["curve"], key=int)
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method, label in (
-        ("cda-paper", "stage 1 + CDA"),
-        ("infonce", "InfoNCE"),
-        ("cda-then-infonce", "stage 1 + CDA + InfoNCE"),
-    ):
+    for method, label in CURVE_METHODS.items():
+        if method == "cda-official":  # run at the size's triplet count only: a single point, in the table
+            continue
         points = [(int(c), results["curve"][c][method]) for c in counts if method in results["curve"][c]]
         x, means, stds = [c for c, _ in points], [p["mean"] for _, p in points], [p["std"] for _, p in points]
         axis.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=label)
