@@ -34,10 +34,11 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset, concatenate_datasets
 
 from autoreg_embed import (
@@ -161,6 +162,12 @@ def autoencoding_rows(data: Path, sizes: Sizes, seed: int, instruction: str) -> 
     return as_rows(train), as_rows(held_out)
 
 
+def sizes_of(args: argparse.Namespace) -> Sizes:
+    """The sizes of ``--size``, with ``--triplets`` (the triplet count of the table rows) where given."""
+    sizes = SIZES[args.size]
+    return replace(sizes, triplets=args.triplets) if args.triplets else sizes
+
+
 def layout_options(layout: str, num_compress_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(encoder options of every trainer, instruction options of the triplet trainers) of a layout."""
     encoder, instructions = LAYOUTS[layout]
@@ -182,6 +189,7 @@ def common_options(
         "report_to": "none",
         "seed": seed,
         "bf16": bf16,
+        "use_cpu": bf16 and not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless asked to
     }
 
 
@@ -219,7 +227,7 @@ def stage1_data(args: argparse.Namespace, sizes: Sizes, seed: int) -> tuple[Data
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     """Every trained recipe of one seed; returns (and writes to ``out/results.json`` after each recipe) scores,
     times and logs. Recipes that file already holds are not run again (an interrupted seed continues)."""
-    sizes, data = SIZES[args.size], Path(args.data)
+    sizes, data = sizes_of(args), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     layout, instructions = layout_options(args.layout, args.num_compress_tokens)
     stage1_layout = {**layout, "decoder_template": DECODER_TEMPLATES.get(args.decoder_template, args.decoder_template)}
@@ -233,7 +241,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         gc.collect()  # the finished recipe's trainer and models
 
     stage1_dir = out / "compression"
-    train_rows, held_out = stage1_data(args, sizes, seed)
+    train_rows, held_out = stage1_data(args, SIZES[args.size], seed)  # the same stage 1 whatever --triplets is
     if "(d) stage 1 only" not in recipes and "cda" in args.methods:  # stage 1 is the start of CDA only
         stage1 = CompressionTrainer(
             model=args.model,
@@ -353,7 +361,7 @@ def infonce(
 ) -> ContrastiveTrainer:
     """InfoNCE on ``rows`` from ``model`` (default: the base LLM with ``layout``), with the triplet trainers'
     ``instructions``."""
-    sizes = SIZES[args.size]
+    sizes = sizes_of(args)
     return ContrastiveTrainer(
         model=model or args.model,
         args=ContrastiveConfig(
@@ -389,7 +397,7 @@ def mean_std(values: list[float]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or reuse) every seed, then aggregate: mean and std over seeds of every trained recipe."""
-    sizes, out = SIZES[args.size], Path(args.output_dir)
+    sizes, out = sizes_of(args), Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.aggregate_only:  # what the seeds' runs have finished, nothing trained
         seeds = [json.loads((out / f"seed-{seed}" / "results.json").read_text()) for seed in args.seeds]
@@ -554,6 +562,13 @@ def main() -> None:
     parser.add_argument("--cda_lr", type=float, default=5e-6)
     parser.add_argument("--cda_beta", type=float, default=0.1, help="beta of CDA's S1 and S2 (paper: 0.1)")
     parser.add_argument("--infonce_lr", type=float, default=2e-5)
+    parser.add_argument(
+        "--triplets",
+        type=int,
+        default=None,
+        help="triplet count of the table rows (default: the size's, 600 at small; 6339 = the whole SNLI file); "
+        "stage 1 stays the size's",
+    )
     parser.add_argument("--curve", type=int, nargs="*", default=None, help="triplet counts of the learning curve")
     parser.add_argument("--cda_epochs", type=float, default=1.0, help="paper: 4 (over 50k triplets)")
     parser.add_argument("--infonce_epochs", type=float, default=1.0)

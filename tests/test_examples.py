@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import SHARED_DATA, requires_shared_data
 
 from autoreg_embed import CDAConfig, CompressionConfig
@@ -23,8 +26,6 @@ import reproduce  # noqa: E402
 
 @requires_shared_data
 def test_held_out_compression_rows_are_unseen_by_stage_1():
-    from dataclasses import replace
-
     sizes = replace(reproduce.SIZES["small"], compression_rows=400)
     train, held_out = reproduce.qa_rows(SHARED_DATA, sizes, seed=0)
     assert len(train) == 400 and len(held_out) == sizes.readout_rows
@@ -45,6 +46,16 @@ def test_layout_options_build_valid_trainer_configs(tmp_path):
     assert stage1.encoder_settings() == stage2.encoder_settings()
     assert stage2.encoder_settings().template == PROMPTEOL_LAYOUT["template"]
     assert reproduce.layout_options("paper", 5) == ({"num_compress_tokens": 5}, {})
+
+
+def test_triplets_option_sets_the_table_count_only_and_bf16_runs_on_cpu(tmp_path):
+    small = reproduce.SIZES["small"]
+    whole_file = reproduce.sizes_of(argparse.Namespace(size="small", triplets=6339))
+    assert whole_file == replace(small, triplets=6339)  # stage-1 rows, STS pairs and lengths stay the size's
+    assert reproduce.sizes_of(argparse.Namespace(size="small", triplets=None)) == small
+    options = reproduce.common_options(small, tmp_path, {}, bf16=True)
+    config = CompressionConfig(**options)  # transformers refuses bf16 on a CPU-only machine without use_cpu
+    assert config.bf16 and config.use_cpu == (not torch.cuda.is_available())
 
 
 @requires_shared_data
