@@ -165,7 +165,23 @@ def autoencoding_rows(data: Path, sizes: Sizes, seed: int, instruction: str) -> 
 def sizes_of(args: argparse.Namespace) -> Sizes:
     """The sizes of ``--size``, with ``--triplets`` (the triplet count of the table rows) where given."""
     sizes = SIZES[args.size]
-    return replace(sizes, triplets=args.triplets) if args.triplets else sizes
+    return replace(sizes, triplets=args.triplets) if args.triplets is not None else sizes
+
+
+def triplet_counts(args: argparse.Namespace, sizes: Sizes) -> list[int]:
+    """The triplet counts one seed trains on, ascending: the ``--curve`` points and the table's count.
+
+    Raises:
+        ValueError: a count below 1 or above the rows of the SNLI file, naming ``--triplets`` / ``--curve``.
+    """
+    counts = sorted({*(args.curve or sizes.curve), sizes.triplets})
+    available = len(shuffled_triplets(Path(args.data), seed=0))
+    if counts[0] < 1 or counts[-1] > available:
+        raise ValueError(
+            f"--triplets / --curve ask for {counts} triplets, but the SNLI file holds {available} rows: "
+            f"give counts from 1 to {available}"
+        )
+    return counts
 
 
 def layout_options(layout: str, num_compress_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -224,9 +240,10 @@ def stage1_data(args: argparse.Namespace, sizes: Sizes, seed: int) -> tuple[Data
     return qa_rows(Path(args.data), sizes, seed)
 
 
-def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
-    """Every trained recipe of one seed; returns (and writes to ``out/results.json`` after each recipe) scores,
-    times and logs. Recipes that file already holds are not run again (an interrupted seed continues)."""
+def run_seed(args: argparse.Namespace, seed: int, out: Path, counts: list[int]) -> dict[str, Any]:
+    """Every trained recipe of one seed, at the triplet ``counts`` (:func:`triplet_counts`); returns (and writes to
+    ``out/results.json`` after each recipe) scores, times and logs. Recipes that file already holds are not run
+    again (an interrupted seed continues)."""
     sizes, data = sizes_of(args), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
     layout, instructions = layout_options(args.layout, args.num_compress_tokens)
@@ -266,7 +283,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
         recipes["(d) stage 1 only"] = {"spearman": score, "seconds": seconds + eval_seconds}
         save()
 
-    for count in sorted({*(args.curve or sizes.curve), sizes.triplets}):
+    for count in counts:
         rows = triplets(data, count, seed)
         curve = result["curve"].setdefault(str(count), {})
         signs = args.reference_signs if count == sizes.triplets else args.reference_signs[:1]
@@ -402,7 +419,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.aggregate_only:  # what the seeds' runs have finished, nothing trained
         seeds = [json.loads((out / f"seed-{seed}" / "results.json").read_text()) for seed in args.seeds]
     else:
-        seeds = [run_seed(args, seed, out / f"seed-{seed}") for seed in args.seeds]
+        counts = triplet_counts(args, sizes)  # a count the file cannot give fails here, before any training
+        seeds = [run_seed(args, seed, out / f"seed-{seed}", counts) for seed in args.seeds]
     results: dict[str, Any] = {
         "size": args.size,
         "sizes": sizes.__dict__,

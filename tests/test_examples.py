@@ -59,6 +59,20 @@ def test_triplets_option_sets_the_table_count_only_and_bf16_runs_on_cpu(tmp_path
 
 
 @requires_shared_data
+def test_triplet_counts_are_the_curve_and_table_count_and_impossible_counts_are_refused():
+    def counts(triplets: int | None, curve: list[int] | None) -> list[int]:
+        args = argparse.Namespace(size="small", triplets=triplets, curve=curve, data=str(SHARED_DATA))
+        return reproduce.triplet_counts(args, reproduce.sizes_of(args))
+
+    assert counts(None, None) == [150, 600]
+    assert counts(3600, [3600]) == [3600]  # the size's own 600 is not run again
+    assert counts(None, [1800]) == [600, 1800]
+    for bad_triplets, bad_curve in ((7000, None), (0, [0]), (None, [6340])):
+        with pytest.raises(ValueError, match=r"--triplets / --curve ask for .* the SNLI file holds 6339 rows"):
+            counts(bad_triplets, bad_curve)
+
+
+@requires_shared_data
 def test_autoencoding_rows_are_none_of_the_triplets_and_held_out_rows_unseen():
     sizes = reproduce.SIZES["small"]
     train, held_out = reproduce.autoencoding_rows(SHARED_DATA, sizes, seed=1, instruction="means in one word")
